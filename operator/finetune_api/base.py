@@ -1,0 +1,328 @@
+"""Building blocks shared by every API model: the base class and the schema annotations.
+
+This module owns how a Python field becomes a CRD schema node: camelCase names, CEL rules
+(`x-kubernetes-validations`), list-map keys, int-or-string quantities and `"auto"` scalars. It imports
+pydantic only and performs no I/O. The structural conversion of a whole model lives in `crd.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
+
+GROUP = "finetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A CEL validation rule, enforced by the API server and evaluated offline by `finetune validate`.
+
+    `field_path` (relative to the node the rule sits on, e.g. `.dpo`) makes the server report the error
+    against that field instead of the parent object.
+    """
+
+    rule: str
+    message: str
+    field_path: str | None = None
+    reason: Literal["FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired"] | None = None
+
+    def to_schema(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase in YAML, unknown fields rejected, assignments validated.
+
+    Subclasses declare CEL rules in `cel_rules`; they land on the model's schema node. A model whose
+    `immutable_except` is set gets one transition rule per other field, so that field cannot change after
+    creation (adding or removing an optional field counts as a change).
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+        use_enum_values=True,
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+    immutable_except: ClassVar[frozenset[str] | None] = None
+    immutable_hint: ClassVar[str] = "create a new object to change it"
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(core_schema)
+        target = handler.resolve_ref_schema(json_schema)
+        rules = [r.to_schema() for r in (*cls.cel_rules, *cls._immutability_rules())]
+        if rules:
+            target["x-kubernetes-validations"] = rules
+        return json_schema
+
+    @classmethod
+    def _immutability_rules(cls) -> Iterable[Rule]:
+        if cls.immutable_except is None:
+            return
+        for name, info in cls.model_fields.items():
+            if name in cls.immutable_except:
+                continue
+            key = info.alias or name
+            if info.is_required():
+                rule = f"self.{key} == oldSelf.{key}"
+            else:
+                rule = (
+                    f"has(self.{key}) == has(oldSelf.{key}) && "
+                    f"(!has(self.{key}) || self.{key} == oldSelf.{key})"
+                )
+            yield Rule(rule, f"{key} is immutable: {cls.immutable_hint}", field_path=f".{key}")
+
+    def dump(self) -> dict[str, Any]:
+        """The object as Kubernetes stores it: camelCase, unset optionals left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def rules(*items: Rule) -> WithRules:
+    """Annotation that puts CEL rules on a field's own schema node (`self` is the field's value)."""
+    return WithRules(items)
+
+
+@dataclass(frozen=True)
+class WithRules:
+    items: tuple[Rule, ...]
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(core_schema)
+        target = handler.resolve_ref_schema(json_schema)
+        target.setdefault("x-kubernetes-validations", []).extend(r.to_schema() for r in self.items)
+        return json_schema
+
+
+@dataclass(frozen=True)
+class ListMapKeys:
+    """Marks a list of objects as a Kubernetes list-map keyed by `keys`: entries are unique by key and
+    server-side apply merges them by key. Pydantic enforces the same uniqueness offline."""
+
+    keys: tuple[str, ...]
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(core_schema)
+        json_schema["x-kubernetes-list-type"] = "map"
+        json_schema["x-kubernetes-list-map-keys"] = list(self.keys)
+        return json_schema
+
+
+def _unique_by(attr: str, label: str) -> Callable[[list[Any]], list[Any]]:
+    def check(items: list[Any]) -> list[Any]:
+        seen: set[Any] = set()
+        for item in items:
+            value = getattr(item, attr)
+            if value in seen:
+                raise ValueError(f"duplicate {label} {value!r}: each entry needs a unique {label}")
+            seen.add(value)
+        return items
+
+    return check
+
+
+def list_map(key: str, attr: str | None = None) -> tuple[ListMapKeys, AfterValidator]:
+    """Annotations for a list-map keyed by one field (`key` in YAML, `attr` in Python)."""
+    return ListMapKeys((key,)), AfterValidator(_unique_by(attr or key, key))
+
+
+# --- scalar types ---------------------------------------------------------------------------------
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+PASCAL_CASE = r"^[A-Z][A-Za-z0-9]*$"
+SHA256 = r"^(sha256:)?[a-f0-9]{64}$"
+
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+ShortText = Annotated[str, Field(max_length=256)]
+Text = Annotated[str, Field(max_length=4096)]
+Digest = Annotated[str, Field(max_length=71, pattern=SHA256)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# A model or dataset location: an S3 object or prefix, or an absolute path on a volume mounted into the
+# pod (PVC, hostPath, image volume). Relative paths are refused: a pod has no meaningful working dir.
+URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|/[^\s]*)$"
+Uri = Annotated[
+    str,
+    Field(
+        min_length=2,
+        max_length=1024,
+        pattern=URI_PATTERN,
+        description="s3://bucket/key, or an absolute path on a mounted volume.",
+    ),
+]
+
+# Kubernetes resource quantity ("8", "500m", "64Gi"); YAML integers are accepted as for core resources.
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+
+def _quantity(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    Field(max_length=64, pattern=QUANTITY_PATTERN),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,
+            "description": "A Kubernetes quantity such as 8, 500m or 64Gi.",
+        }
+    ),
+]
+
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def _check_duration(value: str) -> str:
+    if not value or parse_duration(value) <= 0:
+        raise ValueError("must be a positive duration such as 90m, 24h or 1h30m")
+    return value
+
+
+Duration = Annotated[
+    str,
+    Field(max_length=32, pattern=DURATION_PATTERN, description="A duration such as 90m, 24h or 1h30m."),
+    AfterValidator(_check_duration),
+    rules(Rule("self.matches('[1-9]')", "must be a positive duration such as 90m, 24h or 1h30m")),
+]
+
+
+def parse_duration(value: str) -> int:
+    """Seconds in a `Duration` string ("1h30m" -> 5400)."""
+    match = _DURATION_RE.fullmatch(value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r}")
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+@dataclass(frozen=True)
+class AutoNumber:
+    """Annotation for a number that may also be the string "auto" (resolved later from dataset size).
+
+    Pydantic checks the bounds. A structural schema has no number-or-string type, so integers become
+    int-or-string and floats leave the type open; one CEL rule then checks type and range as pydantic does.
+    """
+
+    kind: Literal["integer", "number"]
+    lo: float
+    hi: float
+    strict_lo: bool = False
+
+    @property
+    def bounds(self) -> str:
+        op = ">" if self.strict_lo else ">="
+        noun = "an integer" if self.kind == "integer" else "a number"
+        return f"{noun} {op} {self.lo:g} and <= {self.hi:g}"
+
+    def _check(self, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool):
+            raise ValueError(f'must be "auto" or {self.bounds}')
+        ok_lo = value > self.lo if self.strict_lo else value >= self.lo
+        if not (ok_lo and value <= self.hi):
+            raise ValueError(f'must be "auto" or {self.bounds}')
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, core_schema_: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        op = ">" if self.strict_lo else ">="
+        if self.kind == "integer":
+            node: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+            type_ok = "type(self) == int"
+            check = f"self {op} {int(self.lo)} && self <= {int(self.hi)}"
+        else:
+            node = {"x-kubernetes-preserve-unknown-fields": True}
+            type_ok = "(type(self) == int || type(self) == double)"
+            check = f"double(self) {op} {float(self.lo)!r} && double(self) <= {float(self.hi)!r}"
+        node["description"] = f'"auto", or {self.bounds}.'
+        node["x-kubernetes-validations"] = [
+            {
+                "rule": f"type(self) == string ? self == 'auto' : ({type_ok} && {check})",
+                "message": f'must be "auto" or {self.bounds}',
+            }
+        ]
+        return node
+
+
+# --- CRD declarations (turned into CustomResourceDefinitions by crd.py) ----------------------------
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    json_path: str
+    type: str = "string"
+    description: str = ""
+    priority: int = 0
+
+    def to_schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
+        if self.description:
+            out["description"] = self.description
+        if self.priority:
+            out["priority"] = self.priority
+        return out
+
+
+@dataclass(frozen=True)
+class CrdNames:
+    """What a custom resource model needs to declare to become a CRD."""
+
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    printer_columns: tuple[PrinterColumn, ...]
+    categories: tuple[str, ...] = ("finetune",)
+    description: str = ""
+    extra_root_properties: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.plural}.{GROUP}"
