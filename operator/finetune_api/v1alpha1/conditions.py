@@ -1,0 +1,105 @@
+"""Status vocabulary: phases, condition types and reasons, and the Condition type itself.
+
+Conditions are for machines (`kubectl wait --for=condition=Succeeded`, Argo CD health); the phase is a
+one-word summary for humans. Every reason is a PascalCase constant defined here, so the operator, the
+tests and the docs share one spelling.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from finetune_api.base import PASCAL_CASE, ApiModel
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    VALIDATING_DATA = "ValidatingData"
+    TRAINING = "Training"
+    EVALUATING = "Evaluating"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    REJECTED = "Rejected"
+    SUSPENDED = "Suspended"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.REJECTED})
+
+
+class ConditionType(StrEnum):
+    """Condition types of a FineTuneJob. Each is True, False or Unknown, never absent once reached."""
+
+    DATA_VALIDATED = "DataValidated"  # the data gates ran and passed
+    TRAINED = "Trained"  # training completed and a best checkpoint is recorded
+    PODS_SCHEDULED = "PodsScheduled"  # False while a pod is stuck Pending (reason from the pod)
+    EVALUATED = "Evaluated"  # the EvalGate suites ran and a verdict exists
+    GATE_PASSED = "GatePassed"  # every gate passed
+    APPROVED = "Approved"  # a reviewer approved (only when the gate requires approval)
+    PROMOTED = "Promoted"  # the artifact is published with its manifest
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"  # terminal: trained (and, with a gate, promoted)
+    FAILED = "Failed"  # terminal: the reason says what to change
+
+
+class Reason(StrEnum):
+    """Condition reasons. A Failed condition's reason tells the user what kind of change is needed."""
+
+    # progress
+    CREATED = "Created"
+    VALIDATION_RUNNING = "ValidationRunning"
+    DATA_GATES_PASSED = "DataGatesPassed"
+    TRAINING_RUNNING = "TrainingRunning"
+    TRAINING_COMPLETE = "TrainingComplete"
+    RETRYING = "Retrying"
+    EVALUATION_RUNNING = "EvaluationRunning"
+    GATE_PASSED = "GatePassed"
+    APPROVAL_PENDING = "ApprovalPending"
+    APPROVED = "Approved"
+    PROMOTION_RUNNING = "PromotionRunning"
+    PROMOTED = "Promoted"
+    COMPLETED = "Completed"
+    SUSPENDED_BY_USER = "SuspendedByUser"
+    RESUMED = "Resumed"
+    SCHEDULED = "Scheduled"
+    # waiting on the cluster
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    QUEUED = "Queued"
+    # user must change something
+    INVALID_SPEC = "InvalidSpec"
+    EVAL_GATE_NOT_FOUND = "EvalGateNotFound"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    DATA_GATES_FAILED = "DataGatesFailed"
+    DATA_UNREADABLE = "DataUnreadable"
+    # the run itself failed
+    TRAINING_FAILED = "TrainingFailed"
+    RETRY_LIMIT_EXCEEDED = "RetryLimitExceeded"
+    MAX_RUNTIME_EXCEEDED = "MaxRuntimeExceeded"
+    EVALUATION_FAILED = "EvaluationFailed"
+    GATE_FAILED = "GateFailed"
+    REJECTED_BY_REVIEWER = "RejectedByReviewer"
+    PROMOTION_FAILED = "PromotionFailed"
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """The standard Kubernetes condition (metav1.Condition)."""
+
+    type: Annotated[str, Field(min_length=1, max_length=316)]
+    status: ConditionStatus
+    reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=PASCAL_CASE)]
+    message: Annotated[str, Field(max_length=32768)] = ""
+    last_transition_time: datetime
+    observed_generation: Annotated[int, Field(ge=0)] | None = None

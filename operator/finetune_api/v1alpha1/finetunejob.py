@@ -1,0 +1,452 @@
+"""FineTuneJob: one fine-tuning run from data validation to a promoted, gated checkpoint.
+
+The spec says what to train and under which gates; it is immutable after creation except `suspend` and
+`runPolicy`. The status is written only by the operator. Cross-field rules are CEL (`cel_rules`), so the
+API server enforces them and `finetune validate` evaluates the same text offline.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from finetune_api.base import (
+    ApiModel,
+    AutoNumber,
+    CrdNames,
+    Duration,
+    Fraction,
+    Name,
+    PrinterColumn,
+    Rule,
+    ShortText,
+    Text,
+    Uri,
+)
+from finetune_api.v1alpha1.common import (
+    DatasetFormat,
+    DatasetSource,
+    LocalObjectReference,
+    ModelSource,
+    ObjectMeta,
+    Resources,
+    S3Storage,
+)
+from finetune_api.v1alpha1.conditions import Condition, Phase
+from finetune_api.v1alpha1.graders import Grader
+
+
+class Method(StrEnum):
+    SFT = "sft"
+    VISION = "vision"
+    DPO = "dpo"
+    RFT = "rft"
+
+
+# Which dataset formats each method trains on ("auto" is always accepted and detected from the rows).
+METHOD_FORMATS: dict[Method, tuple[DatasetFormat, ...]] = {
+    Method.SFT: (DatasetFormat.CHAT, DatasetFormat.PROMPT_COMPLETION),
+    Method.VISION: (DatasetFormat.VISION_CHAT, DatasetFormat.IMAGE_LABEL),
+    Method.DPO: (DatasetFormat.PREFERENCE,),
+    Method.RFT: (DatasetFormat.RFT, DatasetFormat.CHAT),
+}
+
+
+class Datasets(ApiModel):
+    training: DatasetSource
+    validation: DatasetSource | None = None
+    holdout: DatasetSource | None = Field(
+        default=None,
+        description="Hidden split for the EvalGate's task metrics; never read during training.",
+    )
+
+
+class AdapterType(StrEnum):
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"
+
+
+class Adapter(ApiModel):
+    type: AdapterType = AdapterType.LORA
+    rank: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        default=None, description="LoRA r (default 16)."
+    )
+    alpha: Annotated[float, Field(gt=0, le=4096)] | None = Field(
+        default=None, description="Default 2 x rank."
+    )
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(default=None, description="Default 0.05.")
+    target_modules: Annotated[list[ShortText], Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description='Module names, or ["all-linear"] (the default).'
+    )
+
+    cel_rules = (
+        Rule(
+            "self.type != 'full' || !(has(self.rank) || has(self.alpha) || has(self.dropout) "
+            "|| has(self.targetModules))",
+            "rank, alpha, dropout and targetModules apply only to lora and qlora adapters",
+        ),
+    )
+
+
+class Hyperparameters(ApiModel):
+    """`"auto"` values are resolved from the validated dataset size (see `finetune_api.hyperparameters`)."""
+
+    epochs: Annotated[int | Literal["auto"], AutoNumber("integer", 1, 100)] = "auto"
+    batch_size: Annotated[int | Literal["auto"], AutoNumber("integer", 1, 4096)] = "auto"
+    learning_rate: (
+        Annotated[float | Literal["auto"], AutoNumber("number", 0.0, 1.0, strict_lo=True)] | None
+    ) = None
+    learning_rate_multiplier: (
+        Annotated[float | Literal["auto"], AutoNumber("number", 0.0, 100.0, strict_lo=True)] | None
+    ) = Field(default=None, description="Scales the method's default learning rate (OpenAI style).")
+    max_seq_length: Annotated[int, Field(ge=16, le=262144)] = 2048
+    packing: bool = False
+    warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
+
+    cel_rules = (
+        Rule(
+            "!(has(self.learningRate) && has(self.learningRateMultiplier))",
+            "set learningRate or learningRateMultiplier, not both",
+            field_path=".learningRateMultiplier",
+        ),
+    )
+
+
+class DpoSettings(ApiModel):
+    beta: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
+    loss_type: Literal[
+        "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"
+    ] = "sigmoid"
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.0
+    reference_model: ModelSource | None = Field(
+        default=None, description="Frozen reference policy; the base model (adapter disabled) when unset."
+    )
+
+    cel_rules = (
+        Rule(
+            "!has(self.labelSmoothing) || self.labelSmoothing == 0.0 || "
+            "!has(self.lossType) || self.lossType == 'sigmoid' || self.lossType == 'robust'",
+            "labelSmoothing applies only to the sigmoid and robust loss types",
+            field_path=".labelSmoothing",
+        ),
+    )
+
+
+class RftSettings(ApiModel):
+    grader: Grader
+    generations_per_prompt: Annotated[int, Field(ge=2, le=64)] = 8
+    max_completion_tokens: Annotated[int, Field(ge=1, le=32768)] = 512
+    kl_coefficient: Annotated[float, Field(ge=0.0, le=10.0)] = 0.04
+    temperature: Annotated[float, Field(gt=0.0, le=2.0)] = 1.0
+
+
+class VisionSettings(ApiModel):
+    task: Literal["chat", "image_classification"] = "chat"
+    image_size: Annotated[int, Field(ge=16, le=4096)] | None = Field(
+        default=None, description="Resize images to this square size; the processor's default when unset."
+    )
+    max_image_tokens: Annotated[int, Field(ge=1, le=16384)] | None = None
+    labels: Annotated[list[ShortText], Field(min_length=2, max_length=10000)] | None = Field(
+        default=None, description="Class names for image_classification; taken from the data when unset."
+    )
+
+    cel_rules = (
+        Rule(
+            "!has(self.labels) || self.task == 'image_classification'",
+            "labels apply only to task image_classification",
+            field_path=".labels",
+        ),
+    )
+
+
+PiiKind = Literal["email", "phone", "credit_card", "national_id", "ip_address"]
+DEFAULT_PII_KINDS: tuple[PiiKind, ...] = ("email", "phone", "credit_card", "national_id")
+
+
+class PiiPolicy(ApiModel):
+    action: Literal["Block", "Redact", "Warn", "Off"] = Field(
+        default="Block", description="Block fails the gate on any finding; Redact masks them and goes on."
+    )
+    kinds: Annotated[list[PiiKind], Field(max_length=5)] = Field(
+        default_factory=lambda: list(DEFAULT_PII_KINDS)
+    )
+
+
+class AdversarialBalance(ApiModel):
+    """Share of rows tagged `metadata.adversarial: true` (red-team prompts with safe answers)."""
+
+    min: Fraction = 0.1
+    max: Fraction = 0.5
+
+    cel_rules = (Rule("self.min <= self.max", "min must not exceed max"),)
+
+
+class PreferenceGates(ApiModel):
+    drop_ties: bool = True
+    drop_duplicate_pairs: bool = True
+    max_synthetic_share: Fraction = Field(
+        default=1.0, description="Cap on rows tagged metadata.synthetic: true; the excess is dropped."
+    )
+    adversarial_balance: AdversarialBalance | None = None
+
+
+class DataGates(ApiModel):
+    max_duplicate_rate: Fraction = 0.02
+    max_leakage_rate: Fraction = Field(
+        default=0.0, description="Near-duplicates shared by training and validation/holdout."
+    )
+    min_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 10
+    pii: PiiPolicy = Field(default_factory=PiiPolicy)
+    preference: PreferenceGates | None = None
+
+
+class EarlyStopping(ApiModel):
+    metric: Literal["eval_loss", "grader_score"] = "eval_loss"
+    patience: Annotated[int, Field(ge=1, le=1000)] = 3
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class Checkpointing(ApiModel):
+    save_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None, description="Save every N optimizer steps; once per epoch when unset."
+    )
+    keep_last: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class RunPolicy(ApiModel):
+    """How long and how often to try. These may change while the job runs."""
+
+    max_runtime: Duration | None = Field(
+        default=None, description="Wall time from first pod start, e.g. 24h."
+    )
+    retry_limit: Annotated[int, Field(ge=0, le=100)] = 3
+    artifact_cleanup: Literal["Retain", "Delete"] = Field(
+        default="Retain",
+        description="On deletion: Delete removes staging checkpoints; promoted artifacts are never deleted.",
+    )
+
+
+def _format_rule(split: str) -> Rule:
+    allowed = " || ".join(
+        f"(self.method == '{method}' && self.datasets.{split}.format in "
+        f"[{', '.join(repr(str(f)) for f in formats)}])"
+        for method, formats in METHOD_FORMATS.items()
+    )
+    guard = f"!has(self.datasets.{split}) || " if split != "training" else ""
+    return Rule(
+        f"{guard}!has(self.datasets.{split}.format) || self.datasets.{split}.format == 'auto' || {allowed}",
+        f"datasets.{split}.format does not fit the method: "
+        + "; ".join(f"{m}: {', '.join(f.value for f in fs)}" for m, fs in METHOD_FORMATS.items()),
+        field_path=f".datasets.{split}.format",
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    method: Method
+    base_model: ModelSource
+    datasets: Datasets
+    adapter: Adapter = Field(default_factory=Adapter)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    dpo: DpoSettings | None = None
+    rft: RftSettings | None = None
+    vision: VisionSettings | None = None
+    data_gates: DataGates = Field(default_factory=DataGates)
+    early_stopping: EarlyStopping | None = None
+    checkpointing: Checkpointing = Field(default_factory=Checkpointing)
+    resources: Resources = Field(default_factory=Resources)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")] | None = Field(
+        default=None, description="Trainer image override; the operator's configured image when unset."
+    )
+    service_account_name: Name | None = None
+    storage: S3Storage
+    eval_gate_ref: LocalObjectReference | None = Field(
+        default=None, description="EvalGate in the same namespace that must pass before promotion."
+    )
+    output_uri: Uri | None = Field(default=None, description="Where a promoted model is published.")
+    suspend: bool = False
+
+    immutable_except: ClassVar[frozenset[str] | None] = frozenset({"suspend", "run_policy"})
+    immutable_hint: ClassVar[str] = "only suspend and runPolicy may change; create a new FineTuneJob instead"
+    cel_rules = (
+        Rule("self.method == 'dpo' || !has(self.dpo)", "dpo settings require method dpo", field_path=".dpo"),
+        Rule("self.method == 'rft' || !has(self.rft)", "rft settings require method rft", field_path=".rft"),
+        Rule(
+            "self.method != 'rft' || has(self.rft)",
+            "method rft requires rft settings with a grader",
+            field_path=".rft",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "self.method == 'vision' || !has(self.vision)",
+            "vision settings require method vision",
+            field_path=".vision",
+        ),
+        Rule(
+            "!has(self.vision) || !has(self.vision.task) || self.vision.task != 'image_classification' || "
+            "!has(self.datasets.training.format) || self.datasets.training.format in ['auto', 'image_label']",
+            "vision task image_classification trains on image_label data",
+            field_path=".datasets.training.format",
+        ),
+        _format_rule("training"),
+        _format_rule("validation"),
+        _format_rule("holdout"),
+        Rule(
+            "!has(self.adapter) || !has(self.adapter.type) || self.adapter.type != 'qlora' || "
+            "!has(self.resources) || !has(self.resources.gpusPerNode) || self.resources.gpusPerNode > 0",
+            "qlora needs GPUs (4-bit quantization has no CPU kernels): set resources.gpusPerNode",
+            field_path=".adapter.type",
+        ),
+        Rule(
+            "!has(self.hyperparameters) || !has(self.hyperparameters.packing) || "
+            "!self.hyperparameters.packing || self.method == 'sft'",
+            "packing applies only to method sft",
+            field_path=".hyperparameters.packing",
+        ),
+        Rule(
+            "!has(self.dataGates) || !has(self.dataGates.preference) || self.method == 'dpo'",
+            "dataGates.preference applies only to method dpo",
+            field_path=".dataGates.preference",
+        ),
+        Rule(
+            "!has(self.earlyStopping) || !has(self.earlyStopping.metric) || "
+            "self.earlyStopping.metric != 'grader_score' || self.method == 'rft'",
+            "earlyStopping.metric grader_score applies only to method rft",
+            field_path=".earlyStopping.metric",
+        ),
+        Rule(
+            "!has(self.earlyStopping) || (has(self.earlyStopping.metric) && "
+            "self.earlyStopping.metric == 'grader_score') || has(self.datasets.validation)",
+            "earlyStopping on eval_loss needs datasets.validation",
+            field_path=".earlyStopping",
+        ),
+        Rule(
+            "has(self.evalGateRef) == has(self.outputUri)",
+            "evalGateRef and outputUri go together: promotion publishes to outputUri only after the gate",
+            field_path=".outputUri",
+        ),
+    )
+
+
+class Progress(ApiModel):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    percent: Annotated[int, Field(ge=0, le=100)] | None = None
+    summary: ShortText | None = Field(default=None, description='"step/total (percent%)", for kubectl get.')
+    eta: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class DataReport(ApiModel):
+    rows: dict[str, int] = Field(default_factory=dict, description="Valid rows per split.")
+    duplicate_rate: float | None = None
+    leakage_rate: float | None = None
+    pii_findings: dict[str, int] = Field(default_factory=dict, description="Findings per PII kind.")
+    dropped: dict[str, int] = Field(default_factory=dict, description="Rows dropped per reason.")
+    failed_rules: Annotated[list[Text], Field(max_length=32)] = Field(default_factory=list)
+    report_uri: Uri | None = None
+
+
+class CheckpointRecord(ApiModel):
+    step: Annotated[int, Field(ge=0)]
+    uri: Uri
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+MAX_CHECKPOINTS = 20
+
+
+class MetricResult(ApiModel):
+    suite: Name
+    metric: ShortText
+    value: float | None = None
+    threshold: float | None = None
+    comparator: Literal["min", "max", "no_regression"] | None = None
+    baseline: float | None = None
+    passed: bool
+    message: Text | None = None
+
+
+class GateResult(ApiModel):
+    verdict: Literal["Passed", "Failed", "Error"]
+    metrics: Annotated[list[MetricResult], Field(max_length=64)] = Field(default_factory=list)
+    report_uri: Uri | None = None
+    evaluated_at: datetime | None = None
+
+
+class Approval(ApiModel):
+    decision: Literal["Approved", "Rejected"]
+    by: ShortText
+    at: datetime
+    comment: Text | None = None
+
+
+class PromotedArtifact(ApiModel):
+    uri: Uri
+    digest: Annotated[str, Field(max_length=71)]
+    promoted_at: datetime | None = None
+
+
+class FineTuneJobStatus(ApiModel):
+    phase: Phase = Phase.PENDING
+    conditions: Annotated[list[Condition], Field(max_length=32)] = Field(default_factory=list)
+    observed_generation: int | None = None
+    run_id: ShortText | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    attempts: Annotated[int, Field(ge=0)] = 0
+    progress: Progress | None = None
+    data_report: DataReport | None = None
+    checkpoints: Annotated[list[CheckpointRecord], Field(max_length=MAX_CHECKPOINTS)] = Field(
+        default_factory=list, description=f"The latest {MAX_CHECKPOINTS} checkpoints, oldest first."
+    )
+    best_checkpoint: CheckpointRecord | None = None
+    gate: GateResult | None = None
+    approval: Approval | None = None
+    promoted: PromotedArtifact | None = None
+
+
+class FineTuneJob(ApiModel):
+    """A fine-tuning run: validate data, train, evaluate against an EvalGate, promote if it passes."""
+
+    api_version: Literal["finetune.dev/v1alpha1"] = "finetune.dev/v1alpha1"
+    kind: Literal["FineTuneJob"] = "FineTuneJob"
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus = Field(default_factory=FineTuneJobStatus)
+
+    cel_rules = (
+        Rule(
+            "size(self.metadata.name) <= 52",
+            "metadata.name must be at most 52 characters: Jobs, Pods and Services append suffixes to it",
+        ),
+    )
+
+
+FINETUNEJOB_CRD = CrdNames(
+    kind="FineTuneJob",
+    plural="finetunejobs",
+    short_names=("ftj",),
+    description=FineTuneJob.__doc__ or "",
+    printer_columns=(
+        PrinterColumn("Phase", ".status.phase"),
+        PrinterColumn("Method", ".spec.method"),
+        PrinterColumn("Progress", ".status.progress.summary"),
+        PrinterColumn("Loss", ".status.progress.loss", type="number"),
+        PrinterColumn("Gate", ".status.gate.verdict"),
+        PrinterColumn("ETA", ".status.progress.eta", type="date", priority=1),
+        PrinterColumn("Attempts", ".status.attempts", type="integer", priority=1),
+    ),
+)
