@@ -1,0 +1,47 @@
+"""Helpers shared by the tests: repository paths and the invalid-manifest corpus."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CRDS = ROOT / "crds"
+CORPUS = ROOT / "tests" / "manifests" / "invalid.yaml"
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: mappings merge, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+@dataclass(frozen=True)
+class InvalidCase:
+    name: str
+    manifest: dict[str, Any]
+    expect: str
+
+
+def example(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
+    return doc
+
+
+def invalid_cases() -> list[InvalidCase]:
+    return [
+        InvalidCase(c["name"], merge_patch(example(c["base"]), c["patch"]), c["expect"])
+        for c in yaml.safe_load(CORPUS.read_text())
+    ]
