@@ -1,0 +1,47 @@
+# finetune-operator — every entry point creates the environment it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+EXTRAS := operator,dev
+STAMP  := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: env crds verify lint test lock clean
+
+# The virtualenv, pinned by constraints.txt; rebuilt when the pins or the project metadata change.
+env: $(STAMP)
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Regenerate crds/ from the pydantic models in finetune_api.
+crds: env
+	$(BIN)/python -m finetune_api.crd crds
+
+# Fail when the committed CRDs differ from the models.
+verify: env
+	$(BIN)/python -m finetune_api.crd --check crds
+
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy operator
+	$(BIN)/lint-imports
+
+test: verify lint
+	$(BIN)/python -m pytest
+
+# Re-resolve constraints.txt for every extra (resolution from package metadata; nothing is installed).
+lock: env
+	$(BIN)/python -m pip install --dry-run --ignore-installed --quiet --report .lock-report.json \
+		".[operator,trainer,dev]"
+	{ sed -n '1,3p' constraints.txt; $(BIN)/python -c 'import json; r = json.load(open(".lock-report.json")); \
+		print("\n".join(sorted(f"{i[\"metadata\"][\"name\"].lower()}=={i[\"metadata\"][\"version\"]}" \
+		for i in r["install"] if i["metadata"]["name"] != "finetune-operator")))'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -f .lock-report.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
