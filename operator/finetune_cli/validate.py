@@ -166,9 +166,11 @@ def _cel_problems(value: Any, schema: Schema, path: str) -> Iterator[Problem]:
             continue
         try:
             ok = _program(rule["rule"]).evaluate({"self": json_to_cel(_typed(value, schema))})
-        except Exception:
+        except Exception:  # a rule over malformed input: the schema check reports that input
             continue
-        if ok is not True and not (isinstance(ok, celpy.celtypes.BoolType) and bool(ok)):
+        if isinstance(ok, Exception):  # celpy returns evaluation errors as values
+            continue
+        if not bool(ok):
             yield Problem(f"{path}{rule.get('fieldPath', '')}".lstrip("."), rule["message"])
     if isinstance(value, dict) and schema.get("type") == "object":
         props = schema.get("properties", {})

@@ -19,7 +19,6 @@ from finetune_api.base import (
     Rule,
     ShortText,
     Uri,
-    list_map,
 )
 
 
@@ -163,7 +162,3 @@ class Threshold(ApiModel):
     max: float | None = None
 
     cel_rules = (Rule("has(self.min) != has(self.max)", "set exactly one of min or max"),)
-
-
-def unique_names() -> Any:
-    return list_map("name")
