@@ -241,8 +241,11 @@ def parse_duration(value: str) -> int:
 class AutoNumber:
     """Annotation for a number that may also be the string "auto" (resolved later from dataset size).
 
-    Pydantic checks the bounds. A structural schema has no number-or-string type, so integers become
-    int-or-string and floats leave the type open; one CEL rule then checks type and range as pydantic does.
+    Pydantic checks the bounds. A structural schema has no number-or-string type. Integers become
+    int-or-string with one CEL rule for type and range. Floats must leave the type open, and CEL cannot see
+    an untyped node, so their schema says it with value validations instead: "auto", or a number in range.
+    Range keywords pass any non-number, so the second branch also refuses strings (`maxLength: 0` and not
+    "").
     """
 
     kind: Literal["integer", "number"]
@@ -259,8 +262,6 @@ class AutoNumber:
     def _check(self, value: Any) -> Any:
         if value == "auto":
             return value
-        if isinstance(value, bool):
-            raise ValueError(f'must be "auto" or {self.bounds}')
         ok_lo = value > self.lo if self.strict_lo else value >= self.lo
         if not (ok_lo and value <= self.hi):
             raise ValueError(f'must be "auto" or {self.bounds}')
@@ -272,23 +273,33 @@ class AutoNumber:
     def __get_pydantic_json_schema__(
         self, core_schema_: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        op = ">" if self.strict_lo else ">="
-        if self.kind == "integer":
-            node: dict[str, Any] = {"x-kubernetes-int-or-string": True}
-            type_ok = "type(self) == int"
-            check = f"self {op} {int(self.lo)} && self <= {int(self.hi)}"
-        else:
-            node = {"x-kubernetes-preserve-unknown-fields": True}
-            type_ok = "(type(self) == int || type(self) == double)"
-            check = f"double(self) {op} {float(self.lo)!r} && double(self) <= {float(self.hi)!r}"
-        node["description"] = f'"auto", or {self.bounds}.'
-        node["x-kubernetes-validations"] = [
-            {
-                "rule": f"type(self) == string ? self == 'auto' : ({type_ok} && {check})",
-                "message": f'must be "auto" or {self.bounds}',
+        description = f'"auto", or {self.bounds}.'
+        if self.kind == "number":
+            in_range: dict[str, Any] = {
+                "minimum": self.lo,
+                "maximum": self.hi,
+                "maxLength": 0,
+                "not": {"enum": [""]},
             }
-        ]
-        return node
+            if self.strict_lo:
+                in_range["exclusiveMinimum"] = True
+            return {
+                "x-kubernetes-preserve-unknown-fields": True,
+                "description": description,
+                "anyOf": [{"enum": ["auto"]}, in_range],
+            }
+        op = ">" if self.strict_lo else ">="
+        check = f"self {op} {int(self.lo)} && self <= {int(self.hi)}"
+        return {
+            "x-kubernetes-int-or-string": True,
+            "description": description,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"type(self) == string ? self == 'auto' : ({check})",
+                    "message": f'must be "auto" or {self.bounds}',
+                }
+            ],
+        }
 
 
 # --- CRD declarations (turned into CustomResourceDefinitions by crd.py) ----------------------------

@@ -11,7 +11,7 @@ translation and nothing else:
   `kubectl apply` (strict field validation) rejects them;
 - a discriminated union (a `type` field choosing a variant) becomes one object with the union of the
   variants' properties, plus one CEL rule per variant that requires its fields and forbids the others'.
-  A property whose schema differs between variants is left untyped there and type-checked by that rule.
+  Variants must agree on the schema of a property they share: CEL cannot see an untyped property.
 
 Anything else it cannot express (a union of unrelated types) raises `SchemaError` rather than producing a
 schema the API server would reject. `python -m finetune_api.crd [--check] [DIR]` writes (or checks) crds/.
@@ -32,14 +32,6 @@ from finetune_api.base import GROUP, VERSION, CrdNames
 Schema = dict[str, Any]
 
 _DROP = ("title", "default", "discriminator", "examples")
-_CEL_TYPES = {
-    "string": "string",
-    "integer": "int",
-    "number": "double",
-    "boolean": "bool",
-    "array": "list",
-    "object": "map",
-}
 HEADER = "# Generated from finetune_api by `make crds` (python -m finetune_api.crd). Do not edit.\n"
 
 
@@ -73,7 +65,7 @@ def _convert(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
         if len(parts) != 1:
             raise SchemaError(f"{path}: allOf with {len(parts)} schemas is not supported")
         node = _merge(_convert(parts[0], defs, path), node)
-    if "anyOf" in node:
+    if "anyOf" in node and not _value_validations_only(node["anyOf"]):
         variants = node.pop("anyOf")
         non_null = [v for v in variants if v.get("type") != "null"]
         if len(non_null) != 1:
@@ -117,25 +109,27 @@ def _convert(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
     return node
 
 
+def _value_validations_only(variants: list[Schema]) -> bool:
+    """An anyOf of bare value validations (enum, ranges, pattern) is already structural: keep it."""
+    return all("type" not in v and "$ref" not in v and "properties" not in v for v in variants)
+
+
 def _strip_description(schema: Schema) -> Schema:
     return {k: v for k, v in schema.items() if k != "description"}
 
 
 def _discriminated_union(variants: list[Schema], disc: str, path: str) -> Schema:
     properties: dict[str, Schema] = {}
-    conflicts: set[str] = set()
     for variant in variants:
         for name, sub in variant.get("properties", {}).items():
             if name == disc:
                 continue
             if name in properties and _strip_description(properties[name]) != _strip_description(sub):
-                conflicts.add(name)
+                raise SchemaError(
+                    f"{path}.{name}: the variants of this union give {name} different schemas; "
+                    "a structural schema (and CEL) needs one per field name"
+                )
             properties.setdefault(name, sub)
-    for name in conflicts:
-        properties[name] = {
-            "x-kubernetes-preserve-unknown-fields": True,
-            "description": f"Depends on {disc}; checked by the rule for each {disc}.",
-        }
     values = [v["properties"][disc]["enum"][0] for v in variants]
     rules: list[Schema] = []
     for value, variant in zip(values, variants, strict=True):
@@ -144,10 +138,6 @@ def _discriminated_union(variants: list[Schema], disc: str, path: str) -> Schema
         foreign = sorted(set(properties) - set(own))
         checks = [f"has(self.{r})" for r in required]
         checks += [f"!has(self.{f})" for f in foreign]
-        for name in sorted(conflicts & set(own)):
-            cel_type = _CEL_TYPES.get(own[name].get("type", ""))
-            if cel_type:
-                checks.append(f"(!has(self.{name}) || type(self.{name}) == {cel_type})")
         guard = f"self.{disc} != '{value}'"
         if checks:
             needs = ", ".join(required) or "nothing else"
@@ -158,11 +148,10 @@ def _discriminated_union(variants: list[Schema], disc: str, path: str) -> Schema
                     "message": f"{disc} {value} requires {needs} and accepts only {allowed}",
                 }
             )
-        for rule in variant.get("x-kubernetes-validations", []):
-            rules.append({**rule, "rule": f"{guard} || ({rule['rule']})"})
-        for name in own:
-            if name in conflicts and own[name].get("x-kubernetes-validations"):
-                raise SchemaError(f"{path}.{name}: CEL rules on a property whose type depends on {disc}")
+        rules.extend(
+            {**rule, "rule": f"{guard} || ({rule['rule']})"}
+            for rule in variant.get("x-kubernetes-validations", [])
+        )
     union: Schema = {
         "type": "object",
         "required": [disc],

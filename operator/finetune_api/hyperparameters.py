@@ -66,10 +66,10 @@ def resolve(hp: Hyperparameters, *, rows: int, method: Method, adapter: AdapterT
         raise ValueError("cannot resolve hyperparameters for an empty training set")
     epochs = auto_epochs(rows) if hp.epochs == "auto" else hp.epochs
     batch_size = auto_batch_size(rows, method) if hp.batch_size == "auto" else hp.batch_size
-    if hp.learning_rate not in (None, "auto"):
+    if hp.learning_rate != "auto":
         learning_rate = float(hp.learning_rate)
     else:
         base = BASE_LEARNING_RATE[(Method(method), AdapterType(adapter) == AdapterType.FULL)]
         multiplier = hp.learning_rate_multiplier
-        learning_rate = base * (1.0 if multiplier in (None, "auto") else float(multiplier))
+        learning_rate = base * (1.0 if multiplier == "auto" else float(multiplier))
     return Resolved(epochs=int(epochs), batch_size=int(batch_size), learning_rate=learning_rate)

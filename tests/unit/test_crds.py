@@ -14,7 +14,17 @@ import yaml
 from finetune_api.crd import all_crds, render
 from support import CRDS, ROOT
 
-FORBIDDEN = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "title", "default", "const", "discriminator"}
+FORBIDDEN = {"$ref", "$defs", "oneOf", "allOf", "title", "default", "const", "discriminator"}
+# inside anyOf/not a structural schema allows value validations only
+VALUE_ONLY_FORBIDDEN = {
+    "type",
+    "properties",
+    "items",
+    "description",
+    "default",
+    "nullable",
+    "additionalProperties",
+}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -69,6 +79,10 @@ def test_check_mode_detects_drift(tmp_path) -> None:
 def test_schema_is_structural(name: str) -> None:
     for path, node in nodes(root_schema(load(name))):
         assert not FORBIDDEN & node.keys(), f"{name}{path} has {FORBIDDEN & node.keys()}"
+        for sub in [*node.get("anyOf", []), node.get("not", {})]:
+            assert not VALUE_ONLY_FORBIDDEN & sub.keys(), (
+                f"{name}{path}: anyOf/not may hold value validations only"
+            )
         typed = (
             "type" in node
             or node.get("x-kubernetes-int-or-string")

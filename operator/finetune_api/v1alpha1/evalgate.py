@@ -108,7 +108,7 @@ class Suite(ApiModel):
             field_path=".threshold",
         ),
         Rule(
-            "size(self.canaries) == 0 || self.metric == 'pii_leakage'",
+            "!has(self.canaries) || size(self.canaries) == 0 || self.metric == 'pii_leakage'",
             "canaries apply only to metric pii_leakage",
             field_path=".canaries",
         ),

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from finetune_api.base import (
     ApiModel,
@@ -85,8 +85,8 @@ class Adapter(ApiModel):
 
     cel_rules = (
         Rule(
-            "self.type != 'full' || !(has(self.rank) || has(self.alpha) || has(self.dropout) "
-            "|| has(self.targetModules))",
+            "!has(self.type) || self.type != 'full' || "
+            "!(has(self.rank) || has(self.alpha) || has(self.dropout) || has(self.targetModules))",
             "rank, alpha, dropout and targetModules apply only to lora and qlora adapters",
         ),
     )
@@ -95,14 +95,14 @@ class Adapter(ApiModel):
 class Hyperparameters(ApiModel):
     """`"auto"` values are resolved from the validated dataset size (see `finetune_api.hyperparameters`)."""
 
-    epochs: Annotated[int | Literal["auto"], AutoNumber("integer", 1, 100)] = "auto"
-    batch_size: Annotated[int | Literal["auto"], AutoNumber("integer", 1, 4096)] = "auto"
-    learning_rate: (
-        Annotated[float | Literal["auto"], AutoNumber("number", 0.0, 1.0, strict_lo=True)] | None
-    ) = None
-    learning_rate_multiplier: (
-        Annotated[float | Literal["auto"], AutoNumber("number", 0.0, 100.0, strict_lo=True)] | None
-    ) = Field(default=None, description="Scales the method's default learning rate (OpenAI style).")
+    epochs: Annotated[StrictInt | Literal["auto"], AutoNumber("integer", 1, 100)] = "auto"
+    batch_size: Annotated[StrictInt | Literal["auto"], AutoNumber("integer", 1, 4096)] = "auto"
+    learning_rate: Annotated[
+        StrictFloat | Literal["auto"], AutoNumber("number", 0.0, 1.0, strict_lo=True)
+    ] = "auto"
+    learning_rate_multiplier: Annotated[
+        StrictFloat | Literal["auto"], AutoNumber("number", 0.0, 100.0, strict_lo=True)
+    ] = Field(default="auto", description="Scales the method's default learning rate (OpenAI style).")
     max_seq_length: Annotated[int, Field(ge=16, le=262144)] = 2048
     packing: bool = False
     warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
@@ -110,13 +110,16 @@ class Hyperparameters(ApiModel):
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
 
-    cel_rules = (
-        Rule(
-            "!(has(self.learningRate) && has(self.learningRateMultiplier))",
-            "set learningRate or learningRateMultiplier, not both",
-            field_path=".learningRateMultiplier",
-        ),
+    # CEL cannot see the two untyped learning-rate fields; the schema says "not both" structurally.
+    model_config = ConfigDict(
+        json_schema_extra={"not": {"required": ["learningRate", "learningRateMultiplier"]}}
     )
+
+    @model_validator(mode="after")
+    def _one_learning_rate(self) -> Hyperparameters:
+        if {"learning_rate", "learning_rate_multiplier"} <= self.model_fields_set:
+            raise ValueError("set learningRate or learningRateMultiplier, not both")
+        return self
 
 
 class DpoSettings(ApiModel):
@@ -159,7 +162,7 @@ class VisionSettings(ApiModel):
 
     cel_rules = (
         Rule(
-            "!has(self.labels) || self.task == 'image_classification'",
+            "!has(self.labels) || (has(self.task) && self.task == 'image_classification')",
             "labels apply only to task image_classification",
             field_path=".labels",
         ),
@@ -179,13 +182,22 @@ class PiiPolicy(ApiModel):
     )
 
 
+ADVERSARIAL_SHARE = (0.1, 0.5)  # default (min, max)
+
+
 class AdversarialBalance(ApiModel):
     """Share of rows tagged `metadata.adversarial: true` (red-team prompts with safe answers)."""
 
-    min: Fraction = 0.1
-    max: Fraction = 0.5
+    min: Fraction = ADVERSARIAL_SHARE[0]
+    max: Fraction = ADVERSARIAL_SHARE[1]
 
-    cel_rules = (Rule("self.min <= self.max", "min must not exceed max"),)
+    cel_rules = (
+        Rule(
+            f"(has(self.min) ? self.min : {ADVERSARIAL_SHARE[0]}) <= "
+            f"(has(self.max) ? self.max : {ADVERSARIAL_SHARE[1]})",
+            "min must not exceed max",
+        ),
+    )
 
 
 class PreferenceGates(ApiModel):

@@ -65,11 +65,14 @@ class SamplingParams(ApiModel):
 
 
 class ScoreModelGrader(GraderBase):
-    """A local judge or reward model scores the sample; the score is read from its reply within `range`."""
+    """A local judge or reward model scores the sample; the score is read from its reply within `range`.
+
+    OpenAI calls the prompt `input`; here it is `messages`, because the other graders' `input` is a string
+    template and a structural schema allows one type per field name."""
 
     type: Literal["score_model"]
     model: Uri
-    input: Annotated[list[ChatMessage], Field(min_length=1, max_length=16)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=16)]
     range: Annotated[
         list[float],
         Field(min_length=2, max_length=2),
