@@ -3,8 +3,9 @@
 Three checks, each reported by field path:
 1. the pydantic models (types, ranges, required fields, unknown fields);
 2. the generated CRD's OpenAPI schema (what the API server validates structurally);
-3. the CRD's CEL rules (`x-kubernetes-validations`), evaluated with cel-python. Transition rules (those
-   that read `oldSelf`) need the stored object and are left to the server.
+3. the CRD's CEL rules (`x-kubernetes-validations`), evaluated with cel-python. As on the server, a rule
+   that cannot be evaluated (say, it reads an absent optional field) fails. Transition rules (those that
+   read `oldSelf`) need the stored object and are left to the server.
 A check that finds nothing new at a path already reported stays quiet, so one mistake prints once.
 """
 
@@ -62,26 +63,39 @@ _UNION_MEMBERS = frozenset({"int", "float", "str", "bool"})
 _REQUIRED = re.compile(r"^'(.+)' is a required property$")
 
 
-def _format_loc(loc: Iterable[int | str]) -> str:
+def _user_loc(loc: Iterable[int | str]) -> list[int | str]:
+    """A pydantic error location without pydantic's own steps (union members, tagged-union variants)."""
     parts = list(loc)
-    out = ""
-    for i, part in enumerate(parts):
-        if isinstance(part, int):
-            out += f"[{part}]"
-        # pydantic names the chosen variant of a tagged union in the path; users never wrote it
-        elif (
-            (part in _TAGS and i + 1 < len(parts) and i > 0)
+    return [
+        part
+        for i, part in enumerate(parts)
+        if isinstance(part, int)
+        or not (
+            (part in _TAGS and 0 < i < len(parts) - 1)
             or part in _UNION_MEMBERS
             or "[" in part
             or part.startswith("function-")
-        ):
-            continue
-        else:
+        )
+    ]
+
+
+def _render(parts: Iterable[int | str], schema: Schema) -> str:
+    """A field path as the API server writes it: `spec.suites[0].judge`, map entries as `graders[name]`."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            schema = schema.get("items", {})
+        elif part in schema.get("properties", {}) or not isinstance(schema.get("additionalProperties"), dict):
             out += f".{part}" if out else part
+            schema = schema.get("properties", {}).get(part, {})
+        else:
+            out += f"[{part}]"
+            schema = schema["additionalProperties"]
     return out
 
 
-def _pydantic_problems(model: type[Any], doc: dict[str, Any]) -> list[Problem]:
+def _pydantic_problems(model: type[Any], doc: dict[str, Any], schema: Schema) -> list[Problem]:
     try:
         model.model_validate(doc)
     except ValidationError as err:
@@ -90,7 +104,7 @@ def _pydantic_problems(model: type[Any], doc: dict[str, Any]) -> list[Problem]:
             message = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 message = "unknown field"
-            problems.append(Problem(_format_loc(e["loc"]), message))
+            problems.append(Problem(_render(_user_loc(e["loc"]), schema), message))
         return problems
     return []
 
@@ -124,15 +138,17 @@ def _schemas() -> dict[str, tuple[Schema, jsonschema.Draft4Validator]]:
     return out
 
 
-def _schema_problems(validator: jsonschema.Draft4Validator, doc: dict[str, Any]) -> list[Problem]:
+def _schema_problems(
+    validator: jsonschema.Draft4Validator, doc: dict[str, Any], schema: Schema
+) -> list[Problem]:
     problems = []
     for error in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
         path = list(error.absolute_path)
         missing = _REQUIRED.match(error.message) if error.validator == "required" else None
         if missing:
-            problems.append(Problem(_format_loc([*path, missing.group(1)]), "required field is missing"))
+            problems.append(Problem(_render([*path, missing.group(1)], schema), "required field is missing"))
         else:
-            problems.append(Problem(_format_loc(path), error.message))
+            problems.append(Problem(_render(path, schema), error.message))
     return problems
 
 
@@ -160,28 +176,30 @@ def _typed(value: Any, schema: Schema) -> Any:
     return value
 
 
-def _cel_problems(value: Any, schema: Schema, path: str) -> Iterator[Problem]:
+def _cel_problems(value: Any, schema: Schema, parts: list[int | str], root: Schema) -> Iterator[Problem]:
     for rule in schema.get("x-kubernetes-validations", []):
         if "oldSelf" in rule["rule"]:
             continue
         try:
             ok = _program(rule["rule"]).evaluate({"self": json_to_cel(_typed(value, schema))})
-        except Exception:  # a rule over malformed input: the schema check reports that input
-            continue
-        if isinstance(ok, Exception):  # celpy returns evaluation errors as values
-            continue
-        if not bool(ok):
-            yield Problem(f"{path}{rule.get('fieldPath', '')}".lstrip("."), rule["message"])
+        except Exception as err:  # celpy raises several types; the server fails such a rule too
+            ok = err
+        if isinstance(ok, Exception):  # celpy also returns evaluation errors as values
+            message = f"{rule['message']} (the rule could not be evaluated: {ok})"
+            yield Problem(_render(parts, root), message)
+        elif not bool(ok):
+            field = [p for p in rule.get("fieldPath", "").split(".") if p]
+            yield Problem(_render([*parts, *field], root), rule["message"])
     if isinstance(value, dict) and schema.get("type") == "object":
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties")
         for key, sub in value.items():
             child = props.get(key) or (extra if isinstance(extra, dict) else None)
             if child is not None and sub is not None:
-                yield from _cel_problems(sub, child, f"{path}.{key}")
+                yield from _cel_problems(sub, child, [*parts, key], root)
     elif isinstance(value, list) and schema.get("type") == "array":
         for i, item in enumerate(value):
-            yield from _cel_problems(item, schema.get("items", {}), f"{path}[{i}]")
+            yield from _cel_problems(item, schema.get("items", {}), [*parts, i], root)
 
 
 def validate_document(doc: Any) -> tuple[str, str, list[Problem]]:
@@ -194,10 +212,13 @@ def validate_document(doc: Any) -> tuple[str, str, list[Problem]]:
         return kind, name, [Problem("apiVersion", f"must be {API_VERSION}, got {doc.get('apiVersion')!r}")]
     if kind not in KINDS:
         return kind, name, [Problem("kind", f"must be one of {', '.join(sorted(KINDS))}, got {kind!r}")]
-    problems = _pydantic_problems(KINDS[kind], doc)
     schema, validator = _schemas()[kind]
+    problems = _pydantic_problems(KINDS[kind], doc, schema)
     seen = {p.path for p in problems}
-    for problem in [*_schema_problems(validator, doc), *_cel_problems(doc, schema, "")]:
+    structural = _schema_problems(validator, doc, schema)
+    # like the server, judge CEL rules only on input that has the schema's shape
+    cel = [] if structural else list(_cel_problems(doc, schema, [], schema))
+    for problem in [*structural, *cel]:
         if problem.path not in seen and problem not in problems:
             problems.append(problem)
             seen.add(problem.path)
