@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXTRAS := operator,dev
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: env crds verify lint test lock clean
+.PHONY: env crds verify lint test controlplane cluster lock clean
 
 # The virtualenv, pinned by constraints.txt; rebuilt when the pins or the project metadata change.
 env: $(STAMP)
@@ -30,15 +30,24 @@ lint: env
 	$(BIN)/mypy operator
 	$(BIN)/lint-imports
 
-test: verify lint
+# kube-apiserver, kube-controller-manager and etcd from the pinned Go modules; cached by version outside
+# the repository (~/.cache/finetune-operator/kube/), so only a cold machine compiles.
+controlplane:
+	bash tests/controlplane/build.sh
+
+test: verify lint controlplane
 	$(BIN)/python -m pytest
+
+# A real control plane in the foreground with the CRDs applied; prints the KUBECONFIG to export.
+cluster: env controlplane
+	$(BIN)/python tests/controlplane/cluster.py --controllers
 
 # Re-resolve constraints.txt for every extra (resolution from package metadata; nothing is installed).
 lock: env
 	$(BIN)/python -m pip install --dry-run --ignore-installed --quiet --report .lock-report.json \
 		".[operator,trainer,dev]"
 	{ sed -n '1,3p' constraints.txt; $(BIN)/python -c 'import json; r = json.load(open(".lock-report.json")); \
-		print("\n".join(sorted(f"{i[\"metadata\"][\"name\"].lower()}=={i[\"metadata\"][\"version\"]}" \
+		print("\n".join(sorted(i["metadata"]["name"].lower() + "==" + i["metadata"]["version"] \
 		for i in r["install"] if i["metadata"]["name"] != "finetune-operator")))'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -f .lock-report.json

@@ -1,0 +1,390 @@
+"""A real, upstream Kubernetes control plane on 127.0.0.1 for tests and for developers.
+
+Starts etcd and kube-apiserver (and optionally kube-controller-manager) built by `build.sh` from the
+pinned Go modules beside this file, with a throw-away CA, serving and admin client certificates, a
+service-account signing key and an admin kubeconfig. Every process is started in its own process group
+and asked to die with its parent, so nothing outlives the test session, not even a killed pytest.
+
+    python tests/controlplane/cluster.py [--controllers]    # `make cluster`: prints KUBECONFIG, runs until ^C
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+HERE = Path(__file__).resolve().parent
+BUILD_SCRIPT = HERE / "build.sh"
+READY_TIMEOUT = 90.0
+_PR_SET_PDEATHSIG = 1
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+def binaries_dir() -> Path:
+    """Build (or find in the cache) the pinned binaries; returns their directory."""
+    result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ControlPlaneError(f"building the control plane failed:\n{result.stdout}\n{result.stderr}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the process that started it dies (Linux)."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# --- certificates ---------------------------------------------------------------------------------
+
+
+def _write_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    path.chmod(0o600)
+
+
+def _cert(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    sans: list[x509.GeneralName] | None = None,
+    usage: list[x509.ObjectIdentifier] | None = None,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if usage:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_pki(directory: Path) -> dict[str, Path]:
+    """CA, apiserver serving cert, admin client cert (system:masters) and service-account key pair."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "finetune-test-ca")])
+    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
+
+    serving_key = ec.generate_private_key(ec.SECP256R1())
+    serving = _cert(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
+        serving_key,
+        ca_name,
+        ca_key,
+        sans=[
+            x509.DNSName("localhost"),
+            x509.DNSName("kubernetes.default.svc"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+        ],
+        usage=[x509.oid.ExtendedKeyUsageOID.SERVER_AUTH],
+    )
+    admin_key = ec.generate_private_key(ec.SECP256R1())
+    admin = _cert(
+        x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "admin"),
+            ]
+        ),
+        admin_key,
+        ca_name,
+        ca_key,
+        usage=[x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    paths = {
+        name: directory / name
+        for name in ("ca.crt", "serving.crt", "serving.key", "admin.crt", "admin.key", "sa.key", "sa.pub")
+    }
+    paths["ca.crt"].write_bytes(_pem(ca))
+    paths["serving.crt"].write_bytes(_pem(serving))
+    _write_key(paths["serving.key"], serving_key)
+    paths["admin.crt"].write_bytes(_pem(admin))
+    _write_key(paths["admin.key"], admin_key)
+    _write_key(paths["sa.key"], sa_key)
+    paths["sa.pub"].write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return paths
+
+
+def write_kubeconfig(path: Path, server: str, pki: dict[str, Path]) -> None:
+    path.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters:
+- name: finetune-test
+  cluster:
+    server: {server}
+    certificate-authority: {pki["ca.crt"]}
+users:
+- name: admin
+  user:
+    client-certificate: {pki["admin.crt"]}
+    client-key: {pki["admin.key"]}
+contexts:
+- name: finetune-test
+  context: {{cluster: finetune-test, user: admin, namespace: default}}
+current-context: finetune-test
+"""
+    )
+    path.chmod(0o600)
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-4000:]
+            raise ControlPlaneError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+
+
+@dataclass
+class ControlPlane:
+    """A running control plane. Use `start()` and `stop()`, or `running()` as a context manager."""
+
+    workdir: Path
+    bin_dir: Path
+    with_controllers: bool = False
+    processes: list[Process] = field(default_factory=list)
+    server: str = ""
+    kubeconfig: Path = field(init=False)
+    pki: dict[str, Path] = field(default_factory=dict)
+    started_in: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.kubeconfig = self.workdir / "kubeconfig"
+
+    def _spawn(self, name: str, args: list[str]) -> Process:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [str(self.bin_dir / name), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - setsid and the death signal, nothing else
+                cwd=self.workdir,
+            )
+        process = Process(name, popen, log)
+        self.processes.append(process)
+        return process
+
+    def start(self) -> ControlPlane:
+        t0 = time.monotonic()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - t0
+        return self
+
+    def _start(self) -> None:
+        self.pki = make_pki(self.workdir)
+        etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
+        etcd = self._spawn(
+            "etcd",
+            [
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd-data'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        _wait(f"http://127.0.0.1:{etcd_client}/health", etcd, context=None)
+        pki = self.pki
+        apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # the kubernetes Service cannot point at loopback; nothing in the tests needs its endpoints
+                "--endpoint-reconciler-type=none",
+                f"--secure-port={api_port}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={pki['serving.crt']}",
+                f"--tls-private-key-file={pki['serving.key']}",
+                f"--client-ca-file={pki['ca.crt']}",
+                f"--service-account-key-file={pki['sa.pub']}",
+                f"--service-account-signing-key-file={pki['sa.key']}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--api-audiences=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self.server = f"https://127.0.0.1:{api_port}"
+        tls = ssl.create_default_context(cafile=str(pki["ca.crt"]))
+        tls.load_cert_chain(str(pki["admin.crt"]), str(pki["admin.key"]))
+        _wait(f"{self.server}/readyz", apiserver, context=tls)
+        write_kubeconfig(self.kubeconfig, self.server, pki)
+        if self.with_controllers:
+            manager = self._spawn(
+                "kube-controller-manager",
+                [
+                    f"--kubeconfig={self.kubeconfig}",
+                    f"--authentication-kubeconfig={self.kubeconfig}",
+                    f"--authorization-kubeconfig={self.kubeconfig}",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={free_port()}",
+                    f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+                    f"--service-account-private-key-file={pki['sa.key']}",
+                    f"--root-ca-file={pki['ca.crt']}",
+                    "--use-service-account-credentials=false",
+                    "--controllers=*",
+                    "--profiling=false",
+                    "--v=1",
+                ],
+            )
+            _wait(f"{self.server}/readyz", manager, context=tls)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            process.check_alive()
+
+
+def _wait(url: str, process: Process, context: ssl.SSLContext | None) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    last = ""
+    while time.monotonic() < deadline:
+        process.check_alive()
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                if response.status == 200:
+                    return
+        except OSError as err:
+            last = str(err)
+        time.sleep(0.2)
+    raise ControlPlaneError(f"{process.name} not ready at {url} after {READY_TIMEOUT:.0f}s: {last}")
+
+
+@contextlib.contextmanager
+def running(*, with_controllers: bool = False, workdir: Path | None = None) -> Iterator[ControlPlane]:
+    """A started control plane for the duration of the block; always stopped and cleaned up."""
+    bin_dir = binaries_dir()
+    own = workdir is None
+    directory = Path(tempfile.mkdtemp(prefix="finetune-kube-")) if workdir is None else workdir
+    plane = ControlPlane(directory, bin_dir, with_controllers=with_controllers)
+    try:
+        yield plane.start()
+    finally:
+        plane.stop()
+        if own:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the test control plane in the foreground.")
+    parser.add_argument("--controllers", action="store_true", help="also run kube-controller-manager")
+    parser.add_argument("--crds", type=Path, default=HERE.parent.parent / "crds", help="CRDs to apply")
+    args = parser.parse_args(argv)
+    with running(with_controllers=args.controllers) as plane:
+        kubectl = shutil.which("kubectl") or str(Path(sys.executable).parent / "kubectl")
+        env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
+        subprocess.run([kubectl, "apply", "--server-side", "-f", str(args.crds)], env=env, check=True)
+        print(f"control plane ready in {plane.started_in:.1f}s at {plane.server}")
+        print(f"export KUBECONFIG={plane.kubeconfig}")
+        print("Ctrl-C stops it and removes its data.", flush=True)
+        stop = signal.Signals.SIGTERM
+        signal.signal(stop, lambda *_: sys.exit(0))
+        try:
+            while True:
+                plane.check_alive()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Session fixtures that run a real control plane (tests/controlplane) with the generated CRDs applied."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import config
+
+from controlplane.cluster import running
+from kube import EXAMPLES_NAMESPACE, Cluster
+from support import CRDS
+
+
+def _start(tmp: Path, *, with_controllers: bool) -> Iterator[Cluster]:
+    with running(with_controllers=with_controllers, workdir=tmp) as plane:
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        cluster = Cluster(plane, api)
+        cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/finetunejobs.finetune.dev",
+            "crd/evalgates.finetune.dev",
+        )
+        cluster.kubectl("create", "namespace", EXAMPLES_NAMESPACE)
+        try:
+            yield cluster
+        finally:
+            api.close()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """kube-apiserver + etcd: validation, storage, watches, the Table API."""
+    yield from _start(tmp_path_factory.mktemp("kube"), with_controllers=False)
+
+
+@pytest.fixture(scope="session")
+def cluster_with_controllers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The same plus kube-controller-manager: Jobs create Pods, owner references garbage-collect."""
+    yield from _start(tmp_path_factory.mktemp("kube-cm"), with_controllers=True)
