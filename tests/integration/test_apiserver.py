@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -57,42 +58,39 @@ def test_invalid_manifest_is_rejected_by_the_server_naming_the_field(
     assert any(case.expect in str(p) for p in problems)
 
 
+FTJ = ("finetune.dev", "v1alpha1", "default", "finetunejobs")
+
+
 def create(cluster: Cluster, name: str, manifest: dict) -> dict:
     body = manifest | {"metadata": manifest["metadata"] | {"name": name, "namespace": "default"}}
-    return cluster.custom.create_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", "default", "finetunejobs", body
-    )
+    return cluster.custom.create_namespaced_custom_object(*FTJ, body)
+
+
+def get(cluster: Cluster, name: str) -> dict:
+    return cluster.custom.get_namespaced_custom_object(*FTJ, name)
+
+
+def patch(
+    cluster: Cluster, name: str, body: dict, *, status: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl patch ftj NAME --type=merge`, as a user would; the result is returned, not checked."""
+    extra = ["--subresource=status"] if status else []
+    return cluster.kubectl("patch", "ftj", name, "--type=merge", *extra, "-p", json.dumps(body), check=False)
 
 
 def test_immutable_spec_fields_are_refused_and_suspend_may_change(cluster: Cluster) -> None:
     create(cluster, "immutable", example("sft-support-assistant.yaml"))
-    refused = cluster.kubectl(
-        "patch",
-        "ftj",
-        "immutable",
-        "--type=merge",
-        "-p",
-        '{"spec": {"baseModel": {"uri": "s3://models/other/"}}}',
-        check=False,
-    )
+    refused = patch(cluster, "immutable", {"spec": {"baseModel": {"uri": "s3://models/other/"}}})
     assert refused.returncode != 0
     assert "spec.baseModel: Invalid value" in refused.stderr
     assert "baseModel is immutable" in refused.stderr
-    added = cluster.kubectl(
-        "patch", "ftj", "immutable", "--type=merge", "-p", '{"spec": {"image": "x/y:z"}}', check=False
-    )
+    added = patch(cluster, "immutable", {"spec": {"image": "x/y:z"}})
     assert "image is immutable" in added.stderr
-    cluster.kubectl(
-        "patch",
-        "ftj",
-        "immutable",
-        "--type=merge",
-        "-p",
-        '{"spec": {"suspend": true, "runPolicy": {"retryLimit": 5, "maxRuntime": "12h"}}}',
+    accepted = patch(
+        cluster, "immutable", {"spec": {"suspend": True, "runPolicy": {"retryLimit": 5, "maxRuntime": "12h"}}}
     )
-    stored = cluster.custom.get_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", "default", "finetunejobs", "immutable"
-    )
+    assert accepted.returncode == 0, accepted.stderr
+    stored = get(cluster, "immutable")
     assert stored["spec"]["suspend"] is True
     assert stored["spec"]["runPolicy"] == {"retryLimit": 5, "maxRuntime": "12h"}
 
@@ -116,23 +114,15 @@ def test_status_subresource_keeps_declared_fields_and_prunes_the_rest(cluster: C
         ],
         "undeclared": {"anything": 1},
     }
-    cluster.custom.patch_namespaced_custom_object_status(
-        "finetune.dev", "v1alpha1", "default", "finetunejobs", "with-status", {"status": status}
-    )
-    stored = cluster.custom.get_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", "default", "finetunejobs", "with-status"
-    )
+    cluster.custom.patch_namespaced_custom_object_status(*FTJ, "with-status", {"status": status})
+    stored = get(cluster, "with-status")
     assert "undeclared" not in stored["status"]
     assert stored["status"]["progress"] == status["progress"]
     assert stored["status"]["conditions"] == status["conditions"]
     # status written through the main resource is ignored: the subresource owns it
     stored["status"] = {"phase": "Succeeded"}
-    cluster.custom.replace_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", "default", "finetunejobs", "with-status", stored
-    )
-    again = cluster.custom.get_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", "default", "finetunejobs", "with-status"
-    )
+    cluster.custom.replace_namespaced_custom_object(*FTJ, "with-status", stored)
+    again = get(cluster, "with-status")
     assert again["status"]["phase"] == "Training"
 
     table = cluster.kubectl("get", "ftj", "with-status").stdout.splitlines()
@@ -144,16 +134,7 @@ def test_status_subresource_keeps_declared_fields_and_prunes_the_rest(cluster: C
 
 def test_status_outside_the_schema_is_refused(cluster: Cluster) -> None:
     create(cluster, "bad-status", example("sft-support-assistant.yaml"))
-    refused = cluster.kubectl(
-        "patch",
-        "ftj",
-        "bad-status",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        '{"status": {"phase": "Exploded"}}',
-        check=False,
-    )
+    refused = patch(cluster, "bad-status", {"status": {"phase": "Exploded"}}, status=True)
     assert refused.returncode != 0
     assert "status.phase: Unsupported value" in refused.stderr
 
@@ -176,10 +157,7 @@ def test_watch_sees_status_updates(cluster: Cluster) -> None:
     created = create(cluster, "watched", manifest)
     version = created["metadata"]["resourceVersion"]
     cluster.custom.patch_namespaced_custom_object_status(
-        "finetune.dev",
-        "v1alpha1",
-        "default",
-        "finetunejobs",
+        *FTJ,
         "watched",
         {"status": {"phase": "ValidatingData"}},
     )
