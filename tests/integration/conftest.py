@@ -14,17 +14,9 @@ from support import CRDS
 
 
 def _start(tmp: Path, *, with_controllers: bool) -> Iterator[Cluster]:
-    with running(with_controllers=with_controllers, workdir=tmp) as plane:
+    with running(with_controllers=with_controllers, workdir=tmp, crds=CRDS) as plane:
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
         cluster = Cluster(plane, api)
-        cluster.kubectl("apply", "--server-side", "-f", str(CRDS))
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/finetunejobs.finetune.dev",
-            "crd/evalgates.finetune.dev",
-        )
         cluster.kubectl("create", "namespace", EXAMPLES_NAMESPACE)
         try:
             yield cluster

@@ -37,8 +37,10 @@ def test_stops_every_process_even_when_the_block_fails(tmp_path) -> None:
 
 def test_a_crashed_component_is_reported_with_its_log(tmp_path) -> None:
     with running(workdir=tmp_path) as plane:
-        etcd = plane.processes[0]
-        etcd.popen.kill()
-        etcd.popen.wait()
-        with pytest.raises(ControlPlaneError, match="etcd exited"):
+        apiserver = plane.processes[1]
+        apiserver.popen.kill()
+        apiserver.popen.wait()
+        with pytest.raises(ControlPlaneError, match="kube-apiserver exited with -9") as failure:
             plane.check_alive()
+        last_line = apiserver.log.read_text().strip().splitlines()[-1]
+        assert last_line in str(failure.value)
