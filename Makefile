@@ -40,7 +40,7 @@ test: verify lint controlplane
 
 # A real control plane in the foreground with the CRDs applied; prints the KUBECONFIG to export.
 cluster: env controlplane
-	$(BIN)/python tests/controlplane/cluster.py --controllers
+	PYTHONPATH=tests $(BIN)/python -m controlplane.cluster --controllers
 
 # Re-resolve constraints.txt for every extra (resolution from package metadata; nothing is installed).
 lock: env

@@ -5,26 +5,23 @@ pinned Go modules beside this file, with a throw-away CA, serving and admin clie
 service-account signing key and an admin kubeconfig. Every process is started in its own process group
 and asked to die with its parent, so nothing outlives the test session, not even a killed pytest.
 
-    python tests/controlplane/cluster.py [--controllers]    # `make cluster`: prints KUBECONFIG, runs until ^C
+    PYTHONPATH=tests python -m controlplane.cluster [--controllers]   # `make cluster`: runs until ^C
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime as dt
 import ipaddress
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+from processes import Process, ProcessError, free_port, spawn, wait_http
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
@@ -43,11 +42,9 @@ KUBECTL = (
     if (Path(sys.executable).parent / "kubectl").exists()
     else (shutil.which("kubectl") or "kubectl")
 )
-READY_TIMEOUT = 90.0
-_PR_SET_PDEATHSIG = 1
 
 
-class ControlPlaneError(RuntimeError):
+class ControlPlaneError(ProcessError):
     pass
 
 
@@ -57,20 +54,6 @@ def binaries_dir() -> Path:
     if result.returncode != 0:
         raise ControlPlaneError(f"building the control plane failed:\n{result.stdout}\n{result.stderr}")
     return Path(result.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the child gets SIGKILL when the process that started it dies (Linux)."""
-    os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # --- certificates ---------------------------------------------------------------------------------
@@ -197,29 +180,6 @@ current-context: finetune-test
 
 
 @dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-4000:]
-            raise ControlPlaneError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout)
-
-
-@dataclass
 class ControlPlane:
     """A running control plane. Use `start()` and `stop()`, or `running()` as a context manager."""
 
@@ -237,17 +197,7 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "kubeconfig"
 
     def _spawn(self, name: str, args: list[str]) -> Process:
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - setsid and the death signal, nothing else
-                cwd=self.workdir,
-            )
-        process = Process(name, popen, log)
+        process = spawn(name, [str(self.bin_dir / name), *args], self.workdir)
         self.processes.append(process)
         return process
 
@@ -278,7 +228,7 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        _wait(f"http://127.0.0.1:{etcd_client}/health", etcd, context=None)
+        wait_http(f"http://127.0.0.1:{etcd_client}/health", etcd, context=None)
         pki = self.pki
         apiserver = self._spawn(
             "kube-apiserver",
@@ -308,7 +258,7 @@ class ControlPlane:
         self.server = f"https://127.0.0.1:{api_port}"
         tls = ssl.create_default_context(cafile=str(pki["ca.crt"]))
         tls.load_cert_chain(str(pki["admin.crt"]), str(pki["admin.key"]))
-        _wait(f"{self.server}/readyz", apiserver, context=tls)
+        wait_http(f"{self.server}/readyz", apiserver, context=tls)
         write_kubeconfig(self.kubeconfig, self.server, pki)
         if self.crds is not None:
             # before the controller manager: its garbage collector discovers resource types at start and
@@ -333,7 +283,7 @@ class ControlPlane:
                     "--v=1",
                 ],
             )
-            _wait(f"{self.server}/readyz", manager, context=tls)
+            wait_http(f"{self.server}/readyz", manager, context=tls)
 
     def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the pinned kubectl against this control plane; the result is returned, not checked."""
@@ -360,21 +310,6 @@ class ControlPlane:
     def check_alive(self) -> None:
         for process in self.processes:
             process.check_alive()
-
-
-def _wait(url: str, process: Process, context: ssl.SSLContext | None) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = ""
-    while time.monotonic() < deadline:
-        process.check_alive()
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=context) as response:
-                if response.status == 200:
-                    return
-        except OSError as err:
-            last = str(err)
-        time.sleep(0.2)
-    raise ControlPlaneError(f"{process.name} not ready at {url} after {READY_TIMEOUT:.0f}s: {last}")
 
 
 @contextlib.contextmanager

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from controlplane.cluster import ControlPlaneError, running
+from controlplane.cluster import running
+from processes import ProcessError
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def test_a_crashed_component_is_reported_with_its_log(tmp_path) -> None:
         apiserver = plane.processes[1]
         apiserver.popen.kill()
         apiserver.popen.wait()
-        with pytest.raises(ControlPlaneError, match="kube-apiserver exited with -9") as failure:
+        with pytest.raises(ProcessError, match="kube-apiserver exited with -9") as failure:
             plane.check_alive()
         last_line = apiserver.log.read_text().strip().splitlines()[-1]
         assert last_line in str(failure.value)
