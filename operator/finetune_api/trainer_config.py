@@ -71,7 +71,9 @@ class TrainerConfig(ApiModel):
     validation: DatasetSource | None = None
     holdout: DatasetSource | None = None
     adapter: Adapter
-    hyperparameters: ResolvedHyperparameters
+    hyperparameters: ResolvedHyperparameters | None = Field(
+        default=None, description="Absent for validate-data, which runs before the row count is known."
+    )
     dpo: DpoSettings | None = None
     rft: RftSettings | None = None
     vision: VisionSettings | None = None
@@ -90,9 +92,10 @@ def staging_uri(job: FineTuneJob, run_id: str) -> str:
 
 
 def build_trainer_config(
-    job: FineTuneJob, *, run_id: str, resolved: Resolved, resume_from: str | None = None
+    job: FineTuneJob, *, run_id: str, resolved: Resolved | None, resume_from: str | None = None
 ) -> TrainerConfig:
-    """The contract for one run of `job`, with "auto" hyperparameters already resolved."""
+    """The contract for one run of `job`: with "auto" hyperparameters resolved for training, or without
+    hyperparameters (`resolved=None`) for data validation."""
     spec = job.spec
     hp = spec.hyperparameters
     return TrainerConfig(
@@ -106,7 +109,9 @@ def build_trainer_config(
         validation=spec.datasets.validation,
         holdout=spec.datasets.holdout,
         adapter=spec.adapter,
-        hyperparameters=ResolvedHyperparameters(
+        hyperparameters=None
+        if resolved is None
+        else ResolvedHyperparameters(
             epochs=resolved.epochs,
             batch_size=resolved.batch_size,
             learning_rate=resolved.learning_rate,

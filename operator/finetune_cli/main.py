@@ -44,7 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="YAML files or directories ('-' for stdin)")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only")
     p.set_defaults(func=_validate)
+    op = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
+    op.add_argument("args", nargs=argparse.REMAINDER)
+    op.set_defaults(func=_operator)
     return parser
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from finetune_operator.__main__ import main as operator_main  # noqa: PLC0415 - kopf only when asked
+
+    return operator_main(args.args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,75 @@
+"""What a trainer writes under its run's staging prefix, and how the operator reads it back.
+
+This is the trainer -> operator reporting path. Object storage is the channel because checkpoints must
+live there anyway; the operator needs no network path into pods, and the trainer needs no Kubernetes
+credentials. Everything is JSON, each object replaced whole (S3 PUT is atomic per object):
+
+    <staging>/data-report.json                    written once by validate-data (pass or fail)
+    <staging>/progress.json                       replaced by train at most every 15 s
+    <staging>/checkpoints/step-000000120/...      weights, tokenizer, trainer state
+    <staging>/checkpoints/step-000000120/COMPLETE marker with the checkpoint's metrics, written last
+
+A checkpoint without its COMPLETE marker is partial and ignored (a crash mid-save leaves no half
+checkpoint behind for anyone to load); a restarted run resumes from the newest complete one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field
+
+from finetune_api.base import ApiModel, Text
+
+DATA_REPORT = "data-report.json"
+PROGRESS = "progress.json"
+CHECKPOINTS = "checkpoints/"
+COMPLETE_MARKER = "COMPLETE"
+PROGRESS_INTERVAL_SECONDS = 15
+
+
+def checkpoint_prefix(step: int) -> str:
+    return f"{CHECKPOINTS}step-{step:09d}/"
+
+
+def step_of(key: str) -> int | None:
+    """The step of a `checkpoints/step-NNNNNNNNN/COMPLETE` key, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) < 3 or parts[-1] != COMPLETE_MARKER or not parts[-2].startswith("step-"):
+        return None
+    digits = parts[-2].removeprefix("step-")
+    return int(digits) if digits.isdigit() else None
+
+
+class DataValidationReport(ApiModel):
+    """The outcome of `validate-data`; the operator copies the counts into FineTuneJob status."""
+
+    passed: bool
+    rows: dict[str, int] = Field(default_factory=dict, description="Valid rows per split.")
+    duplicate_rate: float = 0.0
+    leakage_rate: float = 0.0
+    pii_findings: dict[str, int] = Field(default_factory=dict)
+    dropped: dict[str, int] = Field(default_factory=dict)
+    failed_rules: Annotated[list[Text], Field(max_length=32)] = Field(
+        default_factory=list, description='One line per failed gate, e.g. "duplicate rate 4.1% > 2.0%".'
+    )
+    problems: Annotated[list[Text], Field(max_length=50)] = Field(
+        default_factory=list, description="The first malformed rows: file, line, field."
+    )
+
+
+class ProgressReport(ApiModel):
+    step: Annotated[int, Field(ge=0)]
+    total_steps: Annotated[int, Field(ge=1)]
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    updated_at: datetime
+
+
+class CheckpointMarker(ApiModel):
+    step: Annotated[int, Field(ge=0)]
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: datetime | None = None

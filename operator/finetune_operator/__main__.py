@@ -1,0 +1,37 @@
+"""`python -m finetune_operator [--namespace NS ...]`: run the operator (cluster-wide by default)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from finetune_operator.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="finetune operator", description="Run the finetune-operator.")
+    parser.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)"
+    )
+    parser.add_argument(
+        "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    args = parser.parse_args(argv)
+    namespaces = args.namespace or list(Settings.from_env().namespaces)
+
+    import kopf  # noqa: PLC0415 - only the running operator needs it
+
+    from finetune_operator import handlers  # noqa: F401, PLC0415 - registers the handlers
+
+    kopf.configure(verbose=False)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

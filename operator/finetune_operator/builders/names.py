@@ -1,0 +1,74 @@
+"""Names and labels of everything the operator creates for a FineTuneJob."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_api.base import API_VERSION
+from finetune_api.v1alpha1 import FineTuneJob
+
+MANAGER = "finetune-operator"
+JOB_LABEL = "finetune.dev/job"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+ATTEMPT_LABEL = "finetune.dev/attempt"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+FINALIZER = "finetune.dev/cleanup"
+
+VALIDATE = "validate"
+TRAIN = "train"
+CONFIG = "config"
+
+
+def config_name(name: str) -> str:
+    return f"{name}-trainer"
+
+
+def validation_job_name(name: str) -> str:
+    return f"{name}-validate"
+
+
+def training_job_name(name: str, attempt: int) -> str:
+    return f"{name}-train-{attempt}"
+
+
+def service_name(name: str) -> str:
+    return f"{name}-train"
+
+
+def run_id(job: FineTuneJob) -> str:
+    """Stable for the life of the object: retries and resumes share it, so they share checkpoints."""
+    uid = (job.metadata.uid or "local").split("-")[0]
+    return f"{job.metadata.name}-{uid}"
+
+
+def labels(job: FineTuneJob, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "finetune-trainer",
+        "app.kubernetes.io/instance": job.metadata.name,
+        COMPONENT_LABEL: component,
+        "app.kubernetes.io/part-of": "finetune-operator",
+        "app.kubernetes.io/managed-by": MANAGER,
+        JOB_LABEL: job.metadata.name,
+    }
+
+
+def owner_reference(job: FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "FineTuneJob",
+        "name": job.metadata.name,
+        "uid": job.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(
+    job: FineTuneJob, name: str, component: str, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": job.metadata.namespace,
+        "labels": {**labels(job, component), **(extra or {})},
+        "ownerReferences": [owner_reference(job)],
+    }

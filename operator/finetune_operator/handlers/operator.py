@@ -1,0 +1,328 @@
+"""Kopf handlers: the only module that imports kopf. Thin: observe, call reconcile, carry out the decision.
+
+- Indexes keep what the operator created (Jobs, pods, ConfigMaps, Services) in memory, fed by watches,
+  reduced to what reconcile needs: observing costs no API calls.
+- One daemon per FineTuneJob runs the loop observe -> reconcile -> act -> sleep. Events on the job or its
+  children wake it early; otherwise it sleeps as long as the decision asked (15 s while training, for
+  progress). One loop per object means no two reconciles of the same job ever race.
+- Deletion: a finalizer stops the Jobs and, with runPolicy.artifactCleanup Delete, removes the run's
+  staging prefix; it gives up on S3 after the cleanup deadline rather than block deletion forever.
+- Kopf's own bookkeeping lives in `finetune.dev/*` annotations; status holds only declared fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from finetune_api.trainer_config import staging_uri
+from finetune_api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from finetune_api.v1alpha1.common import ObjectMeta
+from finetune_operator.builders.names import (
+    ATTEMPT_LABEL,
+    FINALIZER,
+    JOB_LABEL,
+    MANAGER,
+    run_id,
+    validation_job_name,
+)
+from finetune_operator.kube.client import KubeClient, KubeError
+from finetune_operator.reconcile import (
+    Decision,
+    JobObservation,
+    Observed,
+    PodObservation,
+    StorageObservation,
+    invalid_spec,
+    reconcile,
+    storage_reads,
+)
+from finetune_operator.settings import Settings
+from finetune_operator.storage.s3 import S3Target, delete_prefix, observe_run
+
+GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
+SECRET_TTL = 60.0
+INDEXES = ("child_jobs", "child_pods", "child_configs", "child_services")
+_wakeups: dict[tuple[str, str], asyncio.Event] = {}
+
+
+def _wake(namespace: str | None, name: str | None) -> None:
+    event = _wakeups.get((namespace or "", name or ""))
+    if event is not None:
+        event.set()
+
+
+# --- start-up -------------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="finetune.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="finetune.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own events tell the story; Kopf's would repeat it
+    settings.watching.server_timeout = 300
+    memo.settings = Settings.from_env()
+    memo.kube = KubeClient.connect()
+    memo.secrets = {}
+
+
+@kopf.on.cleanup()
+async def close(*, memo: kopf.Memo, **_: Any) -> None:
+    await memo.kube.close()
+
+
+# --- indexes: the operator's view of its children --------------------------------------------------
+
+
+def _job_observation(body: kopf.Body) -> JobObservation:
+    status = body.get("status", {})
+    outcome, reason, message = None, "", ""
+    for cond in status.get("conditions", []):
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            outcome, reason, message = cond["type"], cond.get("reason", ""), cond.get("message", "")
+    attempt = body.metadata.labels.get(ATTEMPT_LABEL)
+    start = status.get("startTime")
+    return JobObservation(
+        name=body.metadata.name or "",
+        attempt=int(attempt) if attempt and attempt.isdigit() else None,
+        active=int(status.get("active", 0)),
+        suspended=bool(body.get("spec", {}).get("suspend")),
+        outcome=outcome,
+        reason=reason,
+        message=message,
+        start_time=dt.datetime.fromisoformat(start) if start else None,
+    )
+
+
+def _pod_observation(body: kopf.Body) -> PodObservation:
+    status = body.get("status", {})
+    waiting_reason = waiting_message = unschedulable = ""
+    for container in status.get("containerStatuses", []) or []:
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting:
+            waiting_reason, waiting_message = waiting.get("reason", ""), waiting.get("message", "")
+    for cond in status.get("conditions", []) or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            unschedulable = cond.get("message", "") or cond.get("reason", "")
+    return PodObservation(
+        name=body.metadata.name or "",
+        job_name=body.metadata.labels.get("job-name", ""),
+        phase=status.get("phase", "Pending"),
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        unschedulable_message=unschedulable,
+    )
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def child_jobs(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[JOB_LABEL]): _job_observation(body)}
+
+
+@kopf.index("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
+def child_pods(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[JOB_LABEL]): _pod_observation(body)}
+
+
+@kopf.index("", "v1", "configmaps", labels=MANAGED)
+def child_configs(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[JOB_LABEL]): body.get("data", {}).get("trainer.json")}
+
+
+@kopf.index("", "v1", "services", labels=MANAGED)
+def child_services(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[JOB_LABEL]): True}
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
+def child_changed(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    _wake(namespace, labels.get(JOB_LABEL))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def job_changed(*, namespace: str | None, name: str, **_: Any) -> None:
+    _wake(namespace, name)
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+async def _s3_target(memo: kopf.Memo, job: FineTuneJob) -> S3Target:
+    storage = job.spec.storage
+    access = secret = None
+    ref = storage.credentials_secret_ref
+    if ref is not None:
+        key = (job.metadata.namespace, ref.name)
+        cached = memo.secrets.get(key)
+        if cached is None or time.monotonic() - cached[0] > SECRET_TTL:
+            body = await memo.kube.get("Secret", job.metadata.namespace or "", ref.name)
+            cached = (time.monotonic(), (body or {}).get("data", {}))
+            memo.secrets[key] = cached
+        data = cached[1]
+        access = (
+            base64.b64decode(data[ref.access_key_id_key]).decode() if ref.access_key_id_key in data else None
+        )
+        secret = (
+            base64.b64decode(data[ref.secret_access_key_key]).decode()
+            if ref.secret_access_key_key in data
+            else None
+        )
+    return S3Target(
+        storage.endpoint,
+        storage.region,
+        access,
+        secret,
+        storage.force_path_style,
+        memo.settings.s3_timeout_seconds,
+    )
+
+
+async def _observe(job: FineTuneJob, memo: kopf.Memo, indexes: dict[str, kopf.Index[Any, Any]]) -> Observed:
+    key = (job.metadata.namespace, job.metadata.name)
+    jobs: list[JobObservation] = list(indexes["child_jobs"].get(key, []))
+    observed = Observed(
+        job=job,
+        now=dt.datetime.now(dt.UTC),
+        validation=next((j for j in jobs if j.name == validation_job_name(job.metadata.name)), None),
+        training=tuple(j for j in jobs if j.attempt is not None),
+        pods=tuple(indexes["child_pods"].get(key, [])),
+        config_data=next(iter(indexes["child_configs"].get(key, [])), None),
+        service=bool(list(indexes["child_services"].get(key, []))),
+    )
+    reads = storage_reads(observed)
+    if not reads:
+        return observed
+    try:
+        target = await _s3_target(memo, job)
+    except KubeError as err:
+        return Observed(**{**observed.__dict__, "storage": StorageObservation(error=f"credentials: {err}")})
+    uri = staging_uri(job, job.status.run_id or run_id(job))
+    storage = await asyncio.to_thread(
+        observe_run, target, uri, report=reads.report, progress=reads.progress, checkpoints=reads.checkpoints
+    )
+    return Observed(**{**observed.__dict__, "storage": storage})
+
+
+async def _act(decision: Decision, job: FineTuneJob, body: kopf.Body, kube: KubeClient) -> None:
+    namespace = job.metadata.namespace or ""
+    for manifest in decision.create:
+        await kube.create(namespace, manifest)
+    for manifest in decision.apply:
+        await kube.apply(namespace, manifest)
+    status = decision.status.dump()
+    if status != job.status.dump():
+        await kube.patch_status(namespace, job.metadata.name, status)
+    for event in decision.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def _load(body: kopf.Body) -> tuple[FineTuneJob, str | None]:
+    raw = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+    try:
+        return FineTuneJob.model_validate(raw), None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
+        status = FineTuneJobStatus.model_validate(raw["status"]) if raw["status"] else FineTuneJobStatus()
+        meta = ObjectMeta.model_validate(raw["metadata"])
+        # reconcile reads only metadata and status of a job whose spec is refused
+        fields: dict[str, Any] = {"metadata": meta, "status": status}
+        return FineTuneJob.model_construct(**fields), problems
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def lifecycle(
+    *,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """Reconcile one FineTuneJob until it reaches a terminal phase or is deleted."""
+    indexes: dict[str, kopf.Index[Any, Any]] = {key: kwargs[key] for key in INDEXES}
+    key = (namespace or "", name)
+    wake = _wakeups.setdefault(key, asyncio.Event())
+    backoff = 1.0
+    try:
+        while not stopped:
+            wake.clear()
+            job, problem = _load(body)
+            try:
+                if problem is not None:
+                    decision = invalid_spec(job, problem, dt.datetime.now(dt.UTC))
+                else:
+                    decision = reconcile(await _observe(job, memo, indexes), memo.settings)
+                await _act(decision, job, body, memo.kube)
+                backoff = 1.0
+            except KubeError as err:
+                if err.status == 422 and problem is None:  # a child the spec makes invalid: the user must act
+                    failed = invalid_spec(
+                        job, f"the API server refused a child object: {err.message}", dt.datetime.now(dt.UTC)
+                    )
+                    await _act(failed, job, body, memo.kube)
+                    return
+                logger.warning(f"reconcile failed, retrying in {backoff:.0f}s: {err}")
+                decision = Decision(status=job.status, requeue_after=backoff)
+                backoff = min(backoff * 2, 60.0)
+            if decision.requeue_after is None:
+                return  # terminal: nothing more will change
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=decision.requeue_after)
+    finally:
+        _wakeups.pop(key, None)
+
+
+# --- deletion -------------------------------------------------------------------------------------
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def delete(
+    *,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    runtime: dt.timedelta,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """Stop the Jobs now (owner references would too, later) and apply the staging-artifact policy."""
+    child_jobs: kopf.Index[Any, Any] = kwargs["child_jobs"]
+    for observation in list(child_jobs.get((namespace, name), [])):
+        await memo.kube.delete("Job", namespace or "", observation.name)
+    job, problem = _load(body)
+    if problem is not None or job.spec.run_policy.artifact_cleanup != "Delete":
+        return
+    staging = staging_uri(job, job.status.run_id or run_id(job))
+    output = job.spec.output_uri or ""
+    if output and (output.startswith(staging) or staging.startswith(output)):
+        kopf.event(
+            body, type="Warning", reason="CleanupSkipped", message=f"{staging} overlaps outputUri {output}"
+        )
+        return
+    try:
+        target = await _s3_target(memo, job)
+        deleted = await asyncio.to_thread(delete_prefix, target, staging)
+    except Exception as err:
+        if runtime.total_seconds() < memo.settings.cleanup_deadline_seconds:
+            raise kopf.TemporaryError(f"cleaning {staging} failed: {err}", delay=15) from err
+        message = f"gave up deleting {staging} after {runtime.total_seconds():.0f}s: {err}; delete it by hand"
+        logger.warning(message)
+        kopf.event(body, type="Warning", reason="CleanupAbandoned", message=message)
+        return
+    logger.info(f"deleted {deleted} staging objects under {staging}")

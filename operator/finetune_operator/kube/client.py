@@ -1,0 +1,142 @@
+"""The operator's writes to the Kubernetes API: create-if-absent, server-side apply, status, delete.
+
+Reads come from Kopf's watch-fed indexes (see handlers); this module only writes, plus the odd GET (a
+Secret for S3 credentials). One aiohttp session, authenticated the way kubectl is (kubeconfig or the
+in-cluster service account), reused for every request.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+FIELD_MANAGER = "finetune-operator"
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+
+# kind -> (API prefix, plural)
+RESOURCES: dict[str, tuple[str, str]] = {
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "Secret": ("/api/v1", "secrets"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    "FineTuneJob": ("/apis/finetune.dev/v1alpha1", "finetunejobs"),
+}
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _configuration() -> k8s.Configuration:
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    configuration: k8s.Configuration = k8s.Configuration.get_default_copy()
+    return configuration
+
+
+@dataclass
+class KubeClient:
+    server: str
+    session: aiohttp.ClientSession
+
+    @classmethod
+    def connect(cls) -> KubeClient:
+        """Authenticate as kubectl would: in-cluster service account, else the kubeconfig."""
+        conf = _configuration()
+        context = (
+            ssl.create_default_context(cafile=conf.ssl_ca_cert)
+            if conf.ssl_ca_cert
+            else ssl.create_default_context()
+        )
+        if conf.cert_file and conf.key_file:
+            context.load_cert_chain(conf.cert_file, conf.key_file)
+        if not conf.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        headers = {}
+        token = conf.api_key.get("authorization") or conf.api_key.get("BearerToken")
+        if token:
+            prefix = conf.api_key_prefix.get("authorization", "Bearer")
+            headers["Authorization"] = token if token.startswith(prefix) else f"{prefix} {token}"
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context, limit=64),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+        return cls(conf.host.rstrip("/"), session)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    def _url(self, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+        prefix, plural = RESOURCES[kind]
+        url = f"{self.server}{prefix}/namespaces/{namespace}/{plural}"
+        if name:
+            url += f"/{name}"
+        if sub:
+            url += f"/{sub}"
+        return url
+
+    async def _request(
+        self, method: str, url: str, body: Any = None, content_type: str = "application/json", **params: str
+    ) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if body is not None else {}
+        async with self.session.request(method, url, data=data, headers=headers, params=params) as response:
+            text = await response.text()
+            if response.status >= 400:
+                try:
+                    message = json.loads(text).get("message", text)
+                except ValueError:
+                    message = text
+                raise KubeError(response.status, message)
+            result: dict[str, Any] = json.loads(text) if text else {}
+            return result
+
+    async def create(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create unless it exists; True if this call created it."""
+        try:
+            await self._request("POST", self._url(manifest["kind"], namespace), manifest)
+        except KubeError as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    async def apply(self, namespace: str, manifest: dict[str, Any]) -> None:
+        """Server-side apply of the fields in `manifest`, owned by the operator's field manager."""
+        url = self._url(manifest["kind"], namespace, manifest["metadata"]["name"])
+        await self._request("PATCH", url, manifest, APPLY, fieldManager=FIELD_MANAGER, force="true")
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        url = self._url("FineTuneJob", namespace, name, "status")
+        await self._request("PATCH", url, {"status": status}, MERGE)
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", self._url(kind, namespace, name))
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete with background propagation (the Job's pods go too); absent is fine."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        try:
+            await self._request("DELETE", self._url(kind, namespace, name), body)
+        except KubeError as err:
+            if err.status != 404:
+                raise

@@ -1,0 +1,77 @@
+"""What reconcile sees and what it decides, as plain data: built by the handlers and storage, read by
+reconcile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport
+from finetune_api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """A batch/v1 Job the operator created, reduced to what decisions need."""
+
+    name: str
+    attempt: int | None = None
+    active: int = 0
+    suspended: bool = False
+    outcome: Literal["Complete", "Failed"] | None = None
+    reason: str = ""  # the finishing condition's reason: DeadlineExceeded, BackoffLimitExceeded...
+    message: str = ""
+    start_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PodObservation:
+    name: str
+    job_name: str
+    phase: str  # Pending, Running, Succeeded, Failed
+    waiting_reason: str = ""  # ImagePullBackOff, ErrImagePull, CreateContainerConfigError...
+    waiting_message: str = ""
+    unschedulable_message: str = ""  # the PodScheduled=False condition's message
+
+
+@dataclass(frozen=True)
+class StorageObservation:
+    data_report: DataValidationReport | None = None
+    progress: ProgressReport | None = None
+    checkpoints: tuple[CheckpointMarker, ...] = ()
+    error: str | None = None  # S3 unreachable or refusing: decisions that need it wait
+
+
+@dataclass(frozen=True)
+class Observed:
+    job: FineTuneJob
+    now: datetime
+    validation: JobObservation | None = None
+    training: tuple[JobObservation, ...] = ()  # every attempt's Job, any order
+    pods: tuple[PodObservation, ...] = ()
+    config_data: str | None = None  # the trainer ConfigMap's contract, if it exists
+    service: bool = False
+    storage: StorageObservation = field(default_factory=StorageObservation)
+    spec_error: str | None = None  # the spec failed to load into the model
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    """Children to create (if absent), partial manifests to apply (server-side apply), the new status,
+    the events to record, and when to look again."""
+
+    status: FineTuneJobStatus
+    create: list[Manifest] = field(default_factory=list)
+    apply: list[Manifest] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None

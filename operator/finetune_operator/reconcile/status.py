@@ -1,0 +1,97 @@
+"""Status arithmetic for reconcile: conditions, progress with ETA, checkpoints. Pure."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport, checkpoint_prefix
+from finetune_api.v1alpha1 import Condition, ConditionType, Reason
+from finetune_api.v1alpha1.conditions import ConditionStatus
+from finetune_api.v1alpha1.finetunejob import MAX_CHECKPOINTS, CheckpointRecord, DataReport, Progress
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: ConditionType,
+    status: ConditionStatus,
+    reason: Reason,
+    message: str,
+    *,
+    now: datetime,
+    generation: int | None,
+) -> list[Condition]:
+    """`conditions` with `type_` set; lastTransitionTime moves only when the status changes."""
+    previous = next((c for c in conditions if c.type == type_), None)
+    since = previous.last_transition_time if previous is not None and previous.status == status else now
+    updated = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message[:1000],
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+    return [updated if c.type == type_ else c for c in conditions] if previous else [*conditions, updated]
+
+
+def condition(conditions: list[Condition], type_: ConditionType) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def data_report(report: DataValidationReport, uri: str) -> DataReport:
+    return DataReport(
+        rows=report.rows,
+        duplicate_rate=report.duplicate_rate,
+        leakage_rate=report.leakage_rate,
+        pii_findings=report.pii_findings,
+        dropped=report.dropped,
+        failed_rules=report.failed_rules,
+        report_uri=uri,
+    )
+
+
+def progress(report: ProgressReport, started: datetime | None) -> Progress:
+    """Progress as `kubectl get ftj` shows it; the ETA extrapolates the rate since training started."""
+    step, total = report.step, report.total_steps
+    percent = min(100, int(100 * step / total))
+    eta = None
+    if started is not None and 0 < step < total:
+        elapsed = (report.updated_at - started).total_seconds()
+        if elapsed > 0:
+            eta = report.updated_at + timedelta(seconds=elapsed / step * (total - step))
+    return Progress(
+        step=step,
+        total_steps=total,
+        epoch=report.epoch,
+        loss=report.loss,
+        eval_loss=report.eval_loss,
+        tokens_per_second=report.tokens_per_second,
+        percent=percent,
+        summary=f"{step}/{total} ({percent}%)",
+        eta=eta,
+        updated_at=report.updated_at,
+    )
+
+
+def checkpoint_records(markers: tuple[CheckpointMarker, ...], staging_uri: str) -> list[CheckpointRecord]:
+    """The newest MAX_CHECKPOINTS complete checkpoints, oldest first."""
+    ordered = sorted(markers, key=lambda m: m.step)[-MAX_CHECKPOINTS:]
+    return [
+        CheckpointRecord(
+            step=m.step,
+            uri=staging_uri + checkpoint_prefix(m.step),
+            metrics=m.metrics,
+            created_at=m.created_at,
+        )
+        for m in ordered
+    ]
+
+
+def best_checkpoint(records: list[CheckpointRecord]) -> CheckpointRecord | None:
+    """Lowest eval loss when checkpoints report one, otherwise the latest."""
+    if not records:
+        return None
+    scored = [r for r in records if "eval_loss" in r.metrics]
+    if scored:
+        return min(scored, key=lambda r: (r.metrics["eval_loss"], -r.step))
+    return records[-1]

@@ -1,0 +1,32 @@
+"""Operator settings, from the environment (the Helm chart sets them on the Deployment)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_TRAINER_IMAGE = "finetune-trainer:0.1.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    reconcile_interval_seconds: float = 15.0
+    s3_timeout_seconds: float = 10.0
+    cleanup_deadline_seconds: float = 300.0
+    validation_cpu: str = "1"
+    validation_memory: str = "4Gi"
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        namespaces = tuple(n for n in env.get("FINETUNE_NAMESPACES", "").replace(",", " ").split() if n)
+        return cls(
+            trainer_image=env.get("FINETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+            namespaces=namespaces,
+            reconcile_interval_seconds=float(env.get("FINETUNE_RECONCILE_INTERVAL", "15")),
+            s3_timeout_seconds=float(env.get("FINETUNE_S3_TIMEOUT", "10")),
+            cleanup_deadline_seconds=float(env.get("FINETUNE_CLEANUP_DEADLINE", "300")),
+        )

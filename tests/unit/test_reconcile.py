@@ -1,0 +1,424 @@
+"""reconcile(): every phase and failure of the lifecycle, from observations to decisions."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport
+from finetune_api.v1alpha1 import FineTuneJob
+from finetune_operator.reconcile import (
+    Decision,
+    JobObservation,
+    Observed,
+    PodObservation,
+    StorageObservation,
+    reconcile,
+)
+from finetune_operator.settings import Settings
+from support import example, merge_patch
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+SETTINGS = Settings(trainer_image="registry.example/trainer:1")
+PASSED = DataValidationReport(passed=True, rows={"training": 1000, "validation": 100}, duplicate_rate=0.004)
+
+
+def ftj(
+    base: str = "sft-support-assistant.yaml", patch: dict[str, Any] | None = None, **status: Any
+) -> FineTuneJob:
+    doc = merge_patch(example(base), patch or {})
+    doc["metadata"] |= {"uid": "0a1b2c3d-1111-2222-3333-444455556666", "generation": 1}
+    doc["spec"].pop("evalGateRef", None)
+    doc["spec"].pop("outputUri", None)
+    doc["status"] = status
+    return FineTuneJob.model_validate(doc)
+
+
+def observe(job: FineTuneJob, **kwargs: Any) -> Observed:
+    return Observed(job=job, now=kwargs.pop("now", NOW), **kwargs)
+
+
+def conditions(decision: Decision) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in decision.status.conditions}
+
+
+def then(decision: Decision) -> FineTuneJob:
+    """The job as the next reconcile sees it: same spec, the status just decided."""
+    return FineTuneJob.model_validate(
+        {
+            "metadata": {
+                "name": "support-assistant-sft",
+                "namespace": "ml-platform",
+                "uid": "0a1b2c3d-x",
+                "generation": 1,
+            },
+            "spec": ftj().spec.dump(),
+            "status": decision.status.dump(),
+        }
+    )
+
+
+def validated(job: FineTuneJob) -> FineTuneJob:
+    decision = reconcile(
+        observe(
+            job,
+            validation=JobObservation("x-validate", outcome="Complete"),
+            storage=StorageObservation(PASSED),
+        ),
+        SETTINGS,
+    )
+    return job.model_copy(update={"status": decision.status})
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def test_new_job_creates_config_and_cpu_only_validation_job() -> None:
+    decision = reconcile(observe(ftj()), SETTINGS)
+    kinds = [(m["kind"], m["metadata"]["name"]) for m in decision.create]
+    assert kinds == [
+        ("ConfigMap", "support-assistant-sft-trainer"),
+        ("Job", "support-assistant-sft-validate"),
+    ]
+    assert decision.status.phase == "ValidatingData"
+    assert conditions(decision)["DataValidated"] == ("Unknown", "ValidationRunning")
+    contract = json.loads(decision.create[0]["data"]["trainer.json"])
+    assert "hyperparameters" not in contract
+    container = decision.create[1]["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+    assert container["command"][-3:] == ["validate-data", "--config", "/etc/finetune/trainer.json"]
+    assert [e.reason for e in decision.events] == ["ValidationRunning"]
+    assert decision.requeue_after == SETTINGS.reconcile_interval_seconds
+
+
+def test_running_validation_asks_for_nothing_new() -> None:
+    job = ftj(phase="ValidatingData")
+    decision = reconcile(observe(job, validation=JobObservation("v", active=1)), SETTINGS)
+    assert decision.create == decision.apply == []
+    assert decision.events == []
+
+
+@pytest.mark.parametrize(
+    ("outcome", "report", "storage_error", "phase", "reason", "text"),
+    [
+        (
+            "Failed",
+            DataValidationReport(
+                passed=False, rows={"training": 50}, failed_rules=["duplicate rate 4.1% > 2.0%"]
+            ),
+            None,
+            "Failed",
+            "DataGatesFailed",
+            "data gates failed: duplicate rate 4.1% > 2.0%",
+        ),
+        ("Failed", None, None, "Failed", "DataUnreadable", "see kubectl logs job/v"),
+        ("Complete", None, None, "Failed", "DataUnreadable", "validation succeeded without writing"),
+        ("Complete", None, "connection refused", "ValidatingData", None, None),
+    ],
+    ids=["gates-failed", "crashed-without-report", "no-report", "s3-down-waits"],
+)
+def test_validation_outcomes(outcome, report, storage_error, phase, reason, text) -> None:
+    job = ftj(phase="ValidatingData")
+    observed = observe(
+        job,
+        validation=JobObservation("v", outcome=outcome, message="exit code 1"),
+        storage=StorageObservation(data_report=report, error=storage_error),
+    )
+    decision = reconcile(observed, SETTINGS)
+    assert decision.status.phase == phase
+    if reason:
+        assert conditions(decision)["Failed"] == ("True", reason)
+        failed = next(c for c in decision.status.conditions if c.type == "Failed")
+        assert text in failed.message
+        assert decision.events[-1].type == "Warning"
+        assert decision.create == []
+    else:
+        assert "Failed" not in conditions(decision)
+        assert decision.requeue_after
+
+
+def test_failed_gate_keeps_the_report_in_status() -> None:
+    report = DataValidationReport(
+        passed=False,
+        rows={"training": 50},
+        duplicate_rate=0.041,
+        pii_findings={"email": 3},
+        failed_rules=["x"],
+    )
+    decision = reconcile(
+        observe(ftj(), validation=JobObservation("v", outcome="Failed"), storage=StorageObservation(report)),
+        SETTINGS,
+    )
+    assert decision.status.data_report.duplicate_rate == 0.041
+    assert decision.status.data_report.pii_findings == {"email": 3}
+    assert decision.status.data_report.report_uri.endswith("/data-report.json")
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def test_passing_validation_resolves_auto_and_starts_attempt_one() -> None:
+    decision = reconcile(
+        observe(
+            ftj(), validation=JobObservation("v", outcome="Complete"), storage=StorageObservation(PASSED)
+        ),
+        SETTINGS,
+    )
+    assert decision.status.phase == "Pending"  # the example names a Kueue queue: admission comes first
+    assert conditions(decision)["PodsScheduled"] == ("False", "Queued")
+    assert decision.status.attempts == 1
+    assert decision.status.start_time == NOW
+    assert conditions(decision)["DataValidated"] == ("True", "DataGatesPassed")
+    contract = json.loads(decision.apply[0]["data"]["trainer.json"])
+    assert contract["hyperparameters"]["epochs"] == 3  # 1,000 rows: the documented auto rule
+    train = decision.create[0]
+    assert train["metadata"]["name"] == "support-assistant-sft-train-1"
+    assert train["spec"]["suspend"] is True  # the example names a Kueue queue
+    assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "ml-training"
+    assert [e.reason for e in decision.events] == ["DataGatesPassed", "TrainingRunning"]
+
+
+def test_training_pod_spec() -> None:
+    job = validated(ftj(patch={"spec": {"runPolicy": {"maxRuntime": "6h"}}}))
+    decision = reconcile(observe(job, validation=JobObservation("v", outcome="Complete")), SETTINGS)
+    pod = decision.create[0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"] == {
+        "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": 1},
+        "limits": {"memory": "48Gi", "nvidia.com/gpu": 1},
+    }
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {
+        "/etc/finetune",
+        "/scratch",
+        "/tmp",
+        "/dev/shm",
+    }
+    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert secret_env == {
+        "AWS_ACCESS_KEY_ID": {"name": "finetune-s3", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "finetune-s3", "key": "AWS_SECRET_ACCESS_KEY"},
+    }
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "ml-training"
+    assert pod["serviceAccountName"] == "finetune-trainer"
+    assert decision.create[0]["spec"]["activeDeadlineSeconds"] == 6 * 3600
+    assert decision.create[0]["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+    assert "finetune-s3" not in decision.apply[0]["data"]["trainer.json"]
+
+
+def test_multi_node_is_an_indexed_job_with_headless_service_and_rendezvous_env() -> None:
+    job = validated(ftj("dpo-helpfulness.yaml"))
+    decision = reconcile(observe(job, validation=JobObservation("v", outcome="Complete")), SETTINGS)
+    service, train = sorted(decision.create, key=lambda m: m["kind"], reverse=True)
+    assert service["spec"]["clusterIP"] == "None"
+    assert train["spec"]["completionMode"] == "Indexed"
+    assert train["spec"]["completions"] == train["spec"]["parallelism"] == 2
+    pod = train["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] == "assistant-dpo-train"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == "assistant-dpo-train-1-0.assistant-dpo-train"
+    assert env["WORLD_SIZE"] == "16"
+    assert env["NODE_RANK"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
+    assert pod["containers"][0]["command"][0] == "torchrun"
+    assert all(k in service["spec"]["selector"].items() for k in [("finetune.dev/job", "assistant-dpo")])
+
+
+def training(job: FineTuneJob, *jobs: JobObservation, **kwargs: Any) -> Decision:
+    return reconcile(
+        observe(job, validation=JobObservation("v", outcome="Complete"), training=jobs, **kwargs), SETTINGS
+    )
+
+
+def test_progress_reaches_status_with_eta() -> None:
+    job = validated(ftj())
+    job.status.start_time = NOW - timedelta(minutes=10)
+    report = ProgressReport(step=120, total_steps=480, loss=1.25, updated_at=NOW)
+    decision = training(
+        job, JobObservation("j", attempt=1, active=1), storage=StorageObservation(progress=report)
+    )
+    progress = decision.status.progress
+    assert (progress.summary, progress.percent, progress.loss) == ("120/480 (25%)", 25, 1.25)
+    assert progress.eta == NOW + timedelta(minutes=30)
+    assert decision.requeue_after <= 30
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason", "text"),
+    [
+        (
+            PodObservation(
+                "p", "j", "Pending", unschedulable_message="0/3 nodes: Insufficient nvidia.com/gpu"
+            ),
+            "Unschedulable",
+            "Insufficient nvidia.com/gpu",
+        ),
+        (
+            PodObservation(
+                "p", "j", "Pending", waiting_reason="ImagePullBackOff", waiting_message="not found"
+            ),
+            "ImagePullBackOff",
+            "ImagePullBackOff: not found",
+        ),
+        (
+            PodObservation(
+                "p",
+                "j",
+                "Pending",
+                waiting_reason="CreateContainerConfigError",
+                waiting_message='secret "finetune-s3" not found',
+            ),
+            "InvalidSpec",
+            "finetune-s3",
+        ),
+        (PodObservation("p", "j", "Running"), "Scheduled", "run"),
+    ],
+    ids=["unschedulable", "image-pull", "missing-secret", "running"],
+)
+def test_pending_pod_reasons_surface_as_a_condition(pod: PodObservation, reason: str, text: str) -> None:
+    job = validated(ftj(patch={"spec": {"resources": {"queueName": None}}}))
+    decision = training(job, JobObservation("j", attempt=1, active=1), pods=(pod,))
+    found = next(c for c in decision.status.conditions if c.type == "PodsScheduled")
+    assert found.reason == reason
+    assert text in found.message
+
+
+def test_failed_attempt_is_retried_resuming_from_the_latest_checkpoint() -> None:
+    job = validated(ftj())
+    markers = (CheckpointMarker(step=200), CheckpointMarker(step=400))
+    decision = training(
+        job,
+        JobObservation("j1", attempt=1, outcome="Failed", message="OOMKilled"),
+        storage=StorageObservation(checkpoints=markers),
+    )
+    assert [m["metadata"]["name"] for m in decision.create] == ["support-assistant-sft-train-2"]
+    assert decision.status.attempts == 2
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "Retrying"), ("Normal", "Retrying")]
+    assert "resumes from step 400" in decision.events[-1].message
+
+
+def test_retry_limit_ends_failed() -> None:
+    job = validated(ftj(patch={"spec": {"runPolicy": {"retryLimit": 1}}}))
+    decision = training(
+        job,
+        JobObservation("j1", attempt=1, outcome="Failed"),
+        JobObservation("j2", attempt=2, outcome="Failed", message="NCCL timeout"),
+    )
+    assert decision.status.phase == "Failed"
+    assert decision.status.attempts == 2
+    assert conditions(decision)["Failed"] == ("True", "RetryLimitExceeded")
+    assert decision.create == []
+
+
+def test_max_runtime_stops_the_pods_and_fails() -> None:
+    job = validated(ftj(patch={"spec": {"runPolicy": {"maxRuntime": "1h"}}}))
+    job.status.start_time = NOW - timedelta(hours=1, seconds=1)
+    decision = training(job, JobObservation("support-assistant-sft-train-1", attempt=1, active=1))
+    assert conditions(decision)["Failed"] == ("True", "MaxRuntimeExceeded")
+    assert decision.apply[-1]["spec"] == {"suspend": True}
+    deadline = training(job, JobObservation("j", attempt=1, outcome="Failed", reason="DeadlineExceeded"))
+    assert conditions(deadline)["Failed"] == ("True", "MaxRuntimeExceeded")
+
+
+def test_suspend_and_resume() -> None:
+    running = validated(ftj(patch={"spec": {"resources": {"queueName": None}}}))
+    job = running.model_copy(update={"spec": running.spec.model_copy(update={"suspend": True})})
+    markers = StorageObservation(checkpoints=(CheckpointMarker(step=300),))
+    decision = training(
+        job, JobObservation("support-assistant-sft-train-1", attempt=1, active=1), storage=markers
+    )
+    assert decision.status.phase == "Suspended"
+    assert decision.apply[-1] == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "support-assistant-sft-train-1"},
+        "spec": {"suspend": True},
+    }
+    assert "resume from step 300" in decision.events[0].message
+
+    resumed = job.model_copy(
+        update={"status": decision.status, "spec": job.spec.model_copy(update={"suspend": False})}
+    )
+    again = training(
+        resumed, JobObservation("support-assistant-sft-train-1", attempt=1, suspended=True), storage=markers
+    )
+    assert again.status.phase == "Training"
+    assert again.apply[-1]["spec"] == {"suspend": False}
+    assert conditions(again)["Suspended"] == ("False", "Resumed")
+
+
+def test_completion_records_checkpoints_and_best_and_succeeds() -> None:
+    job = validated(ftj())
+    markers = tuple(
+        CheckpointMarker(step=s, metrics={"eval_loss": loss})
+        for s, loss in [(100, 1.2), (200, 0.9), (300, 1.0)]
+    )
+    decision = training(
+        job,
+        JobObservation("j", attempt=1, outcome="Complete"),
+        storage=StorageObservation(checkpoints=markers),
+    )
+    assert decision.status.phase == "Succeeded"
+    assert [c.step for c in decision.status.checkpoints] == [100, 200, 300]
+    assert decision.status.best_checkpoint.step == 200
+    assert decision.status.best_checkpoint.uri.endswith("/checkpoints/step-000000200/")
+    assert conditions(decision)["Succeeded"] == ("True", "Completed")
+    assert decision.status.completion_time == NOW
+
+
+def test_completion_without_checkpoint_fails_and_waits_for_s3() -> None:
+    job = validated(ftj())
+    down = training(
+        job, JobObservation("j", attempt=1, outcome="Complete"), storage=StorageObservation(error="timeout")
+    )
+    assert down.status.phase not in ("Succeeded", "Failed")
+    assert down.status.checkpoints == []
+    assert down.requeue_after
+    empty = training(job, JobObservation("j", attempt=1, outcome="Complete"))
+    assert conditions(empty)["Failed"] == ("True", "TrainingFailed")
+
+
+def test_terminal_jobs_are_left_alone() -> None:
+    job = ftj(phase="Succeeded")
+    decision = reconcile(observe(job), SETTINGS)
+    assert decision.create == decision.apply == decision.events == []
+    assert decision.requeue_after is None
+
+
+def test_invalid_spec_fails_with_the_message() -> None:
+    decision = reconcile(observe(ftj(), spec_error="spec.dpo: dpo settings require method dpo"), SETTINGS)
+    assert conditions(decision)["Failed"] == ("True", "InvalidSpec")
+    assert decision.create == []
+
+
+def test_a_second_reconcile_of_the_same_world_asks_for_nothing() -> None:
+    """Idempotence: after the decision is carried out, reconciling again creates nothing new."""
+    job = validated(ftj())
+    first = training(job)
+    after = job.model_copy(update={"status": first.status})
+    created = first.create[0]["metadata"]["name"]
+    contract = first.apply[0]["data"]["trainer.json"]
+    second = reconcile(
+        observe(
+            after,
+            validation=JobObservation("v", outcome="Complete"),
+            training=(JobObservation(created, attempt=1, suspended=True),),
+            config_data=contract,
+        ),
+        SETTINGS,
+    )
+    assert second.create == []
+    assert second.apply == []
+    assert second.events == []
