@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes import client
 
@@ -34,3 +35,45 @@ class Cluster:
     @property
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
+
+    def finish_job(
+        self, namespace: str, name: str, *, failed: bool = False, reason: str = "", message: str = ""
+    ) -> None:
+        """Play the Job controller: mark a Job Complete or Failed through its status subresource."""
+        now = "2026-11-23T10:00:00Z"
+        stamp = {"lastProbeTime": now, "lastTransitionTime": now}
+        if failed:
+            why = {
+                "reason": reason or "BackoffLimitExceeded",
+                "message": message or "Job has reached the specified backoff limit",
+            }
+            status = {
+                "startTime": now,
+                "failed": 1,
+                "conditions": [
+                    {"type": "FailureTarget", "status": "True", **why, **stamp},
+                    {"type": "Failed", "status": "True", **why, **stamp},
+                ],
+            }
+        else:
+            status = {
+                "startTime": now,
+                "completionTime": now,
+                "succeeded": 1,
+                "conditions": [
+                    {"type": "SuccessCriteriaMet", "status": "True", **stamp},
+                    {"type": "Complete", "status": "True", **stamp},
+                ],
+            }
+        client.BatchV1Api(self.api).patch_namespaced_job_status(name, namespace, {"status": status})
+
+    def ftj(self, namespace: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            "finetune.dev", "v1alpha1", namespace, "finetunejobs", name
+        )
+        return obj
+
+    def job_names(self, namespace: str) -> list[str]:
+        return sorted(
+            j.metadata.name for j in client.BatchV1Api(self.api).list_namespaced_job(namespace).items
+        )

@@ -63,10 +63,10 @@ class Process:
                 self.popen.wait(timeout)
 
 
-def spawn(name: str, argv: list[str], workdir: Path) -> Process:
+def spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> Process:
     """Start `argv` with its output in `workdir/<name>.log`."""
     log = workdir / f"{name}.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         popen = subprocess.Popen(
             argv,
             stdout=out,
@@ -74,6 +74,7 @@ def spawn(name: str, argv: list[str], workdir: Path) -> Process:
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - setsid and the death signal, nothing else
             cwd=workdir,
+            env=env,
         )
     return Process(name, popen, log)
 

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from processes import Process, ProcessError, free_port, spawn, wait_http
 
@@ -106,3 +107,16 @@ def running(workdir: Path | None = None) -> Iterator[S3Server]:
         server.stop()
         if own:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def client(endpoint: str) -> Any:
+    """A boto3 S3 client for the test server, with the test credentials."""
+    import boto3  # noqa: PLC0415 - only tests that talk to S3 need it
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    )

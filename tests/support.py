@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,3 +47,14 @@ def invalid_cases() -> list[InvalidCase]:
         InvalidCase(c["name"], merge_patch(example(c["base"]), c["patch"]), c["expect"])
         for c in yaml.safe_load(CORPUS.read_text())
     ]
+
+
+def eventually(probe: Callable[[], Any], timeout: float = 60.0, message: str = "") -> Any:
+    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(message or f"condition not met within {timeout:.0f}s")

@@ -10,6 +10,8 @@ from kubernetes import config
 
 from controlplane.cluster import running
 from kube import EXAMPLES_NAMESPACE, Cluster
+from s3server import S3Server
+from s3server import running as s3_running
 from support import CRDS
 
 
@@ -34,3 +36,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def cluster_with_controllers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The same plus kube-controller-manager: Jobs create Pods, owner references garbage-collect."""
     yield from _start(tmp_path_factory.mktemp("kube-cm"), with_controllers=True)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) with the test credentials."""
+    with s3_running(tmp_path_factory.mktemp("s3")) as server:
+        yield server

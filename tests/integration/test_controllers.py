@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 from kubernetes import client
 
 from kube import Cluster
-from support import example
+from support import eventually, example
 
 pytestmark = pytest.mark.integration
-
-
-def eventually(probe: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"condition not met within {timeout:.0f}s")
 
 
 def test_job_controller_creates_a_pod(cluster_with_controllers: Cluster) -> None:

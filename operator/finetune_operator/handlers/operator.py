@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -51,6 +52,7 @@ from finetune_operator.storage.s3 import S3Target, delete_prefix, observe_run
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 SECRET_TTL = 60.0
+CATCH_UP_SECONDS = 5.0
 INDEXES = ("child_jobs", "child_pods", "child_configs", "child_services")
 _wakeups: dict[tuple[str, str], asyncio.Event] = {}
 
@@ -216,17 +218,54 @@ async def _observe(job: FineTuneJob, memo: kopf.Memo, indexes: dict[str, kopf.In
     return Observed(**{**observed.__dict__, "storage": storage})
 
 
-async def _act(decision: Decision, job: FineTuneJob, body: kopf.Body, kube: KubeClient) -> None:
+@dataclass
+class _Expected:
+    """What the last actions wrote, until the watches show it (read-your-writes for the next loop)."""
+
+    status: dict[str, Any] | None = None
+    children: tuple[str, ...] = ()
+
+    def seen(self, body: kopf.Body, jobs: list[JobObservation]) -> bool:
+        status_ok = self.status is None or _status_dump(body) == self.status
+        names = {j.name for j in jobs}
+        return status_ok and all(name in names for name in self.children)
+
+
+def _status_dump(body: kopf.Body) -> dict[str, Any] | None:
+    try:
+        return FineTuneJobStatus.model_validate(dict(body.status)).dump()
+    except ValidationError:
+        return None
+
+
+async def _act(decision: Decision, job: FineTuneJob, kube: KubeClient, logger: kopf.Logger) -> _Expected:
+    """Children first, then events, then status: status is the commit point users and reconcile read,
+    so whatever it says has already happened and been told."""
     namespace = job.metadata.namespace or ""
     for manifest in decision.create:
         await kube.create(namespace, manifest)
     for manifest in decision.apply:
         await kube.apply(namespace, manifest)
+    involved = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "name": job.metadata.name,
+        "namespace": namespace,
+        "uid": job.metadata.uid,
+    }
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    for event in decision.events:
+        try:
+            await kube.event(involved, event.type, event.reason, event.message, now)
+        except KubeError as err:  # events are best effort; the status below still tells the story
+            logger.warning(f"could not record event {event.reason}: {err}")
     status = decision.status.dump()
+    written = None
     if status != job.status.dump():
         await kube.patch_status(namespace, job.metadata.name, status)
-    for event in decision.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        written = status
+    jobs = tuple(m["metadata"]["name"] for m in decision.create if m["kind"] == "Job")
+    return _Expected(written, jobs)
 
 
 def _load(body: kopf.Body) -> tuple[FineTuneJob, str | None]:
@@ -240,6 +279,22 @@ def _load(body: kopf.Body) -> tuple[FineTuneJob, str | None]:
         # reconcile reads only metadata and status of a job whose spec is refused
         fields: dict[str, Any] = {"metadata": meta, "status": status}
         return FineTuneJob.model_construct(**fields), problems
+
+
+async def _catch_up(
+    expected: _Expected,
+    body: kopf.Body,
+    jobs: kopf.Index[Any, Any],
+    key: tuple[str, str],
+    wake: asyncio.Event,
+) -> None:
+    """Wait (briefly) until the watches deliver our own last writes, so reconcile never acts on a view
+    older than what it just did. Proceeds anyway after CATCH_UP_SECONDS: creates are idempotent."""
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while not expected.seen(body, list(jobs.get(key, []))) and time.monotonic() < deadline:
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=0.2)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
@@ -258,8 +313,10 @@ async def lifecycle(
     key = (namespace or "", name)
     wake = _wakeups.setdefault(key, asyncio.Event())
     backoff = 1.0
+    expected = _Expected()
     try:
         while not stopped:
+            await _catch_up(expected, body, indexes["child_jobs"], key, wake)
             wake.clear()
             job, problem = _load(body)
             try:
@@ -267,14 +324,14 @@ async def lifecycle(
                     decision = invalid_spec(job, problem, dt.datetime.now(dt.UTC))
                 else:
                     decision = reconcile(await _observe(job, memo, indexes), memo.settings)
-                await _act(decision, job, body, memo.kube)
+                expected = await _act(decision, job, memo.kube, logger)
                 backoff = 1.0
             except KubeError as err:
                 if err.status == 422 and problem is None:  # a child the spec makes invalid: the user must act
                     failed = invalid_spec(
                         job, f"the API server refused a child object: {err.message}", dt.datetime.now(dt.UTC)
                     )
-                    await _act(failed, job, body, memo.kube)
+                    await _act(failed, job, memo.kube, logger)
                     return
                 logger.warning(f"reconcile failed, retrying in {backoff:.0f}s: {err}")
                 decision = Decision(status=job.status, requeue_after=backoff)

@@ -25,6 +25,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
     "Service": ("/api/v1", "services"),
     "Secret": ("/api/v1", "secrets"),
+    "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
     "FineTuneJob": ("/apis/finetune.dev/v1alpha1", "finetunejobs"),
 }
@@ -123,6 +124,25 @@ class KubeClient:
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         url = self._url("FineTuneJob", namespace, name, "status")
         await self._request("PATCH", url, {"status": status}, MERGE)
+
+    async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
+        """Record a core/v1 Event about `involved` (apiVersion, kind, name, namespace, uid)."""
+        namespace = involved["namespace"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
+            "involvedObject": involved,
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._request("POST", self._url("Event", namespace), body)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -330,6 +330,12 @@ def _running(run: _Run, current: JobObservation) -> None:
         run.event(Reason.RESUMED, message)
     if current.suspended and queued:
         status.phase = Phase.PENDING
+        run.condition(
+            ConditionType.PODS_SCHEDULED,
+            "False",
+            Reason.QUEUED,
+            f"waiting for Kueue to admit job {current.name} in queue {job.spec.resources.queue_name}",
+        )
     else:
         status.phase = Phase.TRAINING
         _scheduling(run, current.name)

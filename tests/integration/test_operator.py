@@ -1,0 +1,400 @@
+"""The operator end to end: real kube-apiserver, real S3, `python -m finetune_operator` as a process.
+
+The tests play the kubelet (Job and Pod status) and the trainer (its objects in S3); everything else is
+the operator's doing.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from kube import Cluster
+from operator_process import OperatorProcess
+from s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from s3server import client as s3_client
+from support import eventually, example, merge_patch
+
+pytestmark = pytest.mark.integration
+BUCKET = "finetune-staging"
+NAME = "support-assistant-sft"
+_namespaces = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    workdir = tmp_path_factory.mktemp("operator")
+    process = OperatorProcess(
+        cluster.plane.kubeconfig, workdir, (), {"FINETUNE_CLEANUP_DEADLINE": "4"}
+    ).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@dataclass
+class Scenario:
+    """One FineTuneJob in its own namespace, with its Secret, bucket and the helpers to drive it."""
+
+    cluster: Cluster
+    s3: S3Server
+    namespace: str
+
+    def apply(self, patch: dict[str, Any] | None = None, base: str = "sft-support-assistant.yaml") -> None:
+        manifest = merge_patch(
+            example(base),
+            merge_patch(
+                {
+                    "metadata": {"namespace": self.namespace},
+                    "spec": {
+                        "evalGateRef": None,
+                        "outputUri": None,
+                        "storage": {"endpoint": self.s3.endpoint, "bucket": BUCKET},
+                        "resources": {"queueName": None},
+                    },
+                },
+                patch or {},
+            ),
+        )
+        self.name = manifest["metadata"]["name"]
+        self.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(manifest))
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.cluster.ftj(self.namespace, self.name).get("status", {})
+
+    def wait_phase(self, phase: str, timeout: float = 30) -> dict[str, Any]:
+        return eventually(
+            lambda: self.status if self.status.get("phase") == phase else None,
+            timeout,
+            f"{self.name} never reached {phase}; status: {self.status}",
+        )
+
+    def wait_job(self, name: str) -> k8s.V1Job:
+        batch = k8s.BatchV1Api(self.cluster.api)
+        return eventually(
+            lambda: next(
+                (j for j in batch.list_namespaced_job(self.namespace).items if j.metadata.name == name), None
+            ),
+            30,
+            f"job {name} never appeared: {self.cluster.job_names(self.namespace)}; status: {self.status}",
+        )
+
+    @property
+    def staging(self) -> str:
+        uid = self.cluster.ftj(self.namespace, self.name)["metadata"]["uid"].split("-")[0]
+        return f"finetune/{self.namespace}/{self.name}/{self.name}-{uid}/"
+
+    def put(self, key: str, body: dict[str, Any]) -> None:
+        s3_client(self.s3.endpoint).put_object(
+            Bucket=BUCKET, Key=self.staging + key, Body=json.dumps(body).encode()
+        )
+
+    def report(self, *, passed: bool = True, **fields: Any) -> None:
+        self.put(
+            "data-report.json", {"passed": passed, "rows": {"training": 1000, "validation": 100}, **fields}
+        )
+
+    def checkpoint(self, step: int, **metrics: float) -> None:
+        self.put(f"checkpoints/step-{step:09d}/COMPLETE", {"step": step, "metrics": metrics})
+
+    def validate(self) -> None:
+        self.wait_job(f"{self.name}-validate")
+        self.report()
+        self.cluster.finish_job(self.namespace, f"{self.name}-validate")
+
+    def events(self) -> list[tuple[str, str]]:
+        items = self.cluster.core.list_namespaced_event(self.namespace).items
+        mine = [e for e in items if e.involved_object.name == self.name]
+        return [
+            (e.reason, e.message) for e in sorted(mine, key=lambda e: e.first_timestamp or e.event_time or 0)
+        ]
+
+
+@pytest.fixture
+def scenario(cluster: Cluster, s3: S3Server, operator: OperatorProcess) -> Scenario:
+    namespace = f"e2e-{next(_namespaces)}"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
+    secret = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    cluster.core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "finetune-s3"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
+        },
+    )
+    bucket = s3_client(s3.endpoint)
+    if BUCKET not in [b["Name"] for b in bucket.list_buckets()["Buckets"]]:
+        bucket.create_bucket(Bucket=BUCKET)
+    return Scenario(cluster, s3, namespace)
+
+
+def test_apply_to_succeeded(scenario: Scenario) -> None:
+    scenario.apply()
+    validation = scenario.wait_job(f"{NAME}-validate")
+    scenario.wait_phase("ValidatingData")
+    container = validation.spec.template.spec.containers[0]
+    assert "nvidia.com/gpu" not in (container.resources.requests or {})
+    config = scenario.cluster.core.read_namespaced_config_map(f"{NAME}-trainer", scenario.namespace)
+    assert "hyperparameters" not in json.loads(config.data["trainer.json"])
+    assert ACCESS_KEY not in json.dumps(config.data)
+    assert SECRET_KEY not in json.dumps(config.data)
+
+    scenario.report(duplicate_rate=0.004)
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-validate")
+    train = scenario.wait_job(f"{NAME}-train-1")
+    pod = train.spec.template.spec
+    assert pod.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    assert pod.security_context.run_as_non_root is True
+    assert pod.containers[0].security_context.read_only_root_filesystem is True
+    assert train.metadata.owner_references[0].kind == "FineTuneJob"
+    assert train.metadata.labels["app.kubernetes.io/managed-by"] == "finetune-operator"
+    contract = json.loads(
+        scenario.cluster.core.read_namespaced_config_map(f"{NAME}-trainer", scenario.namespace).data[
+            "trainer.json"
+        ]
+    )
+    assert contract["hyperparameters"]["epochs"] == 3
+    status = scenario.wait_phase("Training")
+    assert status["dataReport"]["rows"] == {"training": 1000, "validation": 100}
+
+    now = datetime.now(UTC).isoformat()
+    scenario.put("progress.json", {"step": 120, "totalSteps": 480, "loss": 1.25, "updatedAt": now})
+    eventually(
+        lambda: "120/480" in scenario.cluster.kubectl("get", "ftj", NAME, "-n", scenario.namespace).stdout, 20
+    )
+    row = (
+        scenario.cluster.kubectl("get", "ftj", NAME, "-n", scenario.namespace).stdout.splitlines()[1].split()
+    )
+    assert row[1:6] == ["Training", "sft", "120/480", "(25%)", "1.25"]
+
+    scenario.checkpoint(240, eval_loss=0.9)
+    scenario.checkpoint(480, eval_loss=1.1)
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-train-1")
+    status = scenario.wait_phase("Succeeded")
+    assert [c["step"] for c in status["checkpoints"]] == [240, 480]
+    assert status["bestCheckpoint"]["step"] == 240
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions["DataValidated"] == ("True", "DataGatesPassed")
+    assert conditions["Trained"] == ("True", "TrainingComplete")
+    assert conditions["Succeeded"] == ("True", "Completed")
+    waited = scenario.cluster.kubectl(
+        "wait", "--for=condition=Succeeded", f"ftj/{NAME}", "-n", scenario.namespace, "--timeout=5s"
+    )
+    assert "condition met" in waited.stdout
+    reasons = [
+        r for r, _ in eventually(lambda: scenario.events() if len(scenario.events()) >= 4 else None, 10)
+    ]
+    # each transition told once (events carry 1 s timestamps, so neighbours may tie and swap places)
+    assert sorted(reasons) == sorted(["ValidationRunning", "DataGatesPassed", "TrainingRunning", "Completed"])
+    assert reasons[-1] == "Completed"
+    assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", f"{NAME}-validate"]
+
+
+def test_failed_data_gates_end_failed_with_the_rule(scenario: Scenario) -> None:
+    scenario.apply()
+    scenario.wait_job(f"{NAME}-validate")
+    scenario.report(
+        passed=False, duplicate_rate=0.041, failed_rules=["duplicate rate 4.1% > 2.0% (41 of 1000 rows)"]
+    )
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-validate", failed=True)
+    status = scenario.wait_phase("Failed")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "DataGatesFailed"
+    assert "duplicate rate 4.1% > 2.0% (41 of 1000 rows)" in failed["message"]
+    assert status["dataReport"]["duplicateRate"] == 0.041
+    assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-validate"]  # no GPU was ever asked for
+
+
+def test_failed_attempts_resume_then_fail_at_the_retry_limit(scenario: Scenario) -> None:
+    scenario.apply({"spec": {"runPolicy": {"retryLimit": 1}}})
+    scenario.validate()
+    scenario.wait_job(f"{NAME}-train-1")
+    scenario.checkpoint(200)
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-train-1", failed=True, message="OOMKilled")
+    scenario.wait_job(f"{NAME}-train-2")
+    assert eventually(lambda: scenario.status.get("attempts") == 2, 10)
+    messages = [m for _, m in scenario.events()]
+    assert any("attempt 2 started" in m and "resumes from step 200" in m for m in messages)
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-train-2", failed=True, message="NCCL timeout")
+    status = scenario.wait_phase("Failed")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RetryLimitExceeded"
+    assert "NCCL timeout" in failed["message"]
+
+
+def test_suspend_stops_pods_and_resume_continues(scenario: Scenario) -> None:
+    scenario.apply()
+    scenario.validate()
+    scenario.wait_job(f"{NAME}-train-1")
+    scenario.checkpoint(300)
+    scenario.cluster.kubectl(
+        "patch", "ftj", NAME, "-n", scenario.namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}'
+    )
+    status = scenario.wait_phase("Suspended")
+    suspended = next(c for c in status["conditions"] if c["type"] == "Suspended")
+    assert "resume from step 300" in suspended["message"]
+    assert eventually(lambda: scenario.wait_job(f"{NAME}-train-1").spec.suspend, 10)
+    scenario.cluster.kubectl(
+        "patch", "ftj", NAME, "-n", scenario.namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}'
+    )
+    scenario.wait_phase("Training")
+    assert eventually(lambda: not scenario.wait_job(f"{NAME}-train-1").spec.suspend, 10)
+    assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", f"{NAME}-validate"]
+
+
+def test_kueue_queue_label_and_suspended_creation(scenario: Scenario) -> None:
+    scenario.apply({"spec": {"resources": {"queueName": "ml-training"}}})
+    scenario.validate()
+    train = scenario.wait_job(f"{NAME}-train-1")
+    assert train.metadata.labels["kueue.x-k8s.io/queue-name"] == "ml-training"
+    assert train.spec.suspend is True
+    status = scenario.wait_phase("Pending")
+    queued = next(c for c in status["conditions"] if c["type"] == "PodsScheduled")
+    assert (queued["status"], queued["reason"]) == ("False", "Queued")
+    # Kueue admits it: the operator leaves the admission alone and reports training
+    k8s.BatchV1Api(scenario.cluster.api).patch_namespaced_job(
+        f"{NAME}-train-1", scenario.namespace, {"spec": {"suspend": False}}
+    )
+    scenario.wait_phase("Training")
+
+
+def test_pending_pod_reasons_surface(scenario: Scenario) -> None:
+    scenario.apply()
+    scenario.validate()
+    scenario.wait_job(f"{NAME}-train-1")
+    pod = {
+        "metadata": {
+            "name": f"{NAME}-train-1-abcde",
+            "labels": {"finetune.dev/job": NAME, "job-name": f"{NAME}-train-1"},
+        },
+        "spec": {"containers": [{"name": "trainer", "image": "registry.example/missing:1"}]},
+    }
+    scenario.cluster.core.create_namespaced_pod(scenario.namespace, pod)
+    scenario.cluster.core.patch_namespaced_pod_status(
+        pod["metadata"]["name"],
+        scenario.namespace,
+        {
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+                    }
+                ],
+            }
+        },
+    )
+
+    def scheduled() -> dict[str, Any] | None:
+        cond = next((c for c in scenario.status.get("conditions", []) if c["type"] == "PodsScheduled"), None)
+        return cond if cond and cond["reason"] == "Unschedulable" else None
+
+    cond = eventually(scheduled, 15)
+    assert "Insufficient nvidia.com/gpu" in cond["message"]
+
+
+def test_max_runtime_ends_failed_and_stops_the_job(scenario: Scenario) -> None:
+    scenario.apply({"spec": {"runPolicy": {"maxRuntime": "2s"}}})
+    scenario.validate()
+    scenario.wait_job(f"{NAME}-train-1")
+    status = scenario.wait_phase("Failed", timeout=20)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "MaxRuntimeExceeded"
+    assert scenario.wait_job(f"{NAME}-train-1").spec.suspend is True
+
+
+def test_multi_node_gets_indexed_job_and_headless_service(scenario: Scenario) -> None:
+    scenario.apply(base="dpo-helpfulness.yaml")
+    scenario.wait_job("assistant-dpo-validate")
+    scenario.report()
+    scenario.cluster.finish_job(scenario.namespace, "assistant-dpo-validate")
+    train = scenario.wait_job("assistant-dpo-train-1")
+    assert train.spec.completion_mode == "Indexed"
+    assert train.spec.completions == train.spec.parallelism == 2
+    service = scenario.cluster.core.read_namespaced_service("assistant-dpo-train", scenario.namespace)
+    assert service.spec.cluster_ip == "None"
+    env = {e.name: e.value for e in train.spec.template.spec.containers[0].env}
+    assert env["MASTER_ADDR"] == "assistant-dpo-train-1-0.assistant-dpo-train"
+
+
+def test_delete_removes_children_and_staging_but_not_promoted(scenario: Scenario) -> None:
+    scenario.apply({"spec": {"runPolicy": {"artifactCleanup": "Delete"}}})
+    scenario.validate()
+    scenario.wait_job(f"{NAME}-train-1")
+    scenario.checkpoint(100)
+    staging = scenario.staging
+    promoted = "models-prod/support-assistant/v3/model.safetensors"
+    s3_client(scenario.s3.endpoint).put_object(Bucket=BUCKET, Key=promoted, Body=b"weights")
+    scenario.cluster.kubectl("delete", "ftj", NAME, "-n", scenario.namespace, "--timeout=30s")
+    assert scenario.cluster.job_names(scenario.namespace) == []
+    listing = s3_client(scenario.s3.endpoint).list_objects_v2(Bucket=BUCKET)
+    keys = [o["Key"] for o in listing.get("Contents", [])]
+    assert not [k for k in keys if k.startswith(staging)]
+    assert promoted in keys
+
+
+def test_delete_does_not_block_forever_when_s3_is_down(scenario: Scenario) -> None:
+    scenario.apply({"spec": {"runPolicy": {"artifactCleanup": "Delete"}}})
+    scenario.validate()
+    scenario.wait_job(f"{NAME}-train-1")
+    scenario.s3.stop()
+    try:
+        deleted = scenario.cluster.kubectl("delete", "ftj", NAME, "-n", scenario.namespace, "--timeout=60s")
+        assert deleted.returncode == 0
+        reasons = [r for r, _ in scenario.events()]
+        assert "CleanupAbandoned" in reasons
+    finally:
+        scenario.s3.start()
+
+
+def test_restarts_at_every_phase_boundary_duplicate_nothing(
+    scenario: Scenario, operator: OperatorProcess
+) -> None:
+    def restart_while(step: Any) -> None:
+        operator.stop()
+        step()  # the world moves on while the operator is down
+        operator.start()
+
+    scenario.apply()
+    scenario.wait_job(f"{NAME}-validate")
+    restart_while(
+        lambda: (scenario.report(), scenario.cluster.finish_job(scenario.namespace, f"{NAME}-validate"))
+    )
+    scenario.wait_job(f"{NAME}-train-1")
+    scenario.wait_phase("Training")
+    restart_while(
+        lambda: (
+            scenario.checkpoint(480, eval_loss=0.8),
+            scenario.cluster.finish_job(scenario.namespace, f"{NAME}-train-1"),
+        )
+    )
+    final = scenario.wait_phase("Succeeded")
+    version = scenario.cluster.ftj(scenario.namespace, NAME)["metadata"]["resourceVersion"]
+    restart_while(lambda: None)
+    time.sleep(3)  # give a restarted operator every chance to (wrongly) act
+    assert scenario.cluster.ftj(scenario.namespace, NAME)["metadata"]["resourceVersion"] == version
+    assert scenario.status == final
+    assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", f"{NAME}-validate"]
+    configs = scenario.cluster.core.list_namespaced_config_map(
+        scenario.namespace, label_selector=f"finetune.dev/job={NAME}"
+    )
+    assert len(configs.items) == 1
+    # every transition told exactly once, across three restarts
+    reasons = [r for r, _ in scenario.events()]
+    assert sorted(reasons) == sorted(["ValidationRunning", "DataGatesPassed", "TrainingRunning", "Completed"])
