@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXTRAS := operator,dev
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: env crds verify lint test controlplane cluster lock clean
+.PHONY: env crds verify lint test controlplane cluster bench lock clean
 
 # The virtualenv, pinned by constraints.txt; rebuilt when the pins or the project metadata change.
 env: $(STAMP)
@@ -37,6 +37,10 @@ controlplane:
 
 test: verify lint controlplane
 	$(BIN)/python -m pytest
+
+# Benchmarks (never part of `make test`): each compares with a baseline measured in the same run.
+bench: env controlplane
+	$(BIN)/python bench/operator_scale.py
 
 # A real control plane in the foreground with the CRDs applied; prints the KUBECONFIG to export.
 cluster: env controlplane

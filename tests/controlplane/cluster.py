@@ -187,6 +187,7 @@ class ControlPlane:
     bin_dir: Path
     with_controllers: bool = False
     crds: Path | None = None
+    audit: bool = False  # log every write (create/update/patch/delete) to workdir/audit.log
     processes: list[Process] = field(default_factory=list)
     server: str = ""
     kubeconfig: Path = field(init=False)
@@ -253,6 +254,7 @@ class ControlPlane:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=1",
+                *self._audit_flags(),
             ],
         )
         self.server = f"https://127.0.0.1:{api_port}"
@@ -285,6 +287,24 @@ class ControlPlane:
             )
             wait_http(f"{self.server}/readyz", manager, context=tls)
 
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
+            "- level: Metadata\n  verbs: [create, update, patch, delete]\n- level: None\n"
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+        ]
+
     def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the pinned kubectl against this control plane; the result is returned, not checked."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -314,14 +334,19 @@ class ControlPlane:
 
 @contextlib.contextmanager
 def running(
-    *, with_controllers: bool = False, workdir: Path | None = None, crds: Path | None = None
+    *,
+    with_controllers: bool = False,
+    workdir: Path | None = None,
+    crds: Path | None = None,
+    audit: bool = False,
 ) -> Iterator[ControlPlane]:
     """A started control plane (with `crds` applied, if given) for the duration of the block; always
     stopped and cleaned up."""
     bin_dir = binaries_dir()
     own = workdir is None
     directory = Path(tempfile.mkdtemp(prefix="finetune-kube-")) if workdir is None else workdir
-    plane = ControlPlane(directory, bin_dir, with_controllers=with_controllers, crds=crds)
+    directory.mkdir(parents=True, exist_ok=True)
+    plane = ControlPlane(directory, bin_dir, with_controllers=with_controllers, crds=crds, audit=audit)
     try:
         yield plane.start()
     finally:

@@ -147,10 +147,10 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
     scenario.wait_phase("ValidatingData")
     container = validation.spec.template.spec.containers[0]
     assert "nvidia.com/gpu" not in (container.resources.requests or {})
-    config = scenario.cluster.core.read_namespaced_config_map(f"{NAME}-trainer", scenario.namespace)
-    assert "hyperparameters" not in json.loads(config.data["trainer.json"])
-    assert ACCESS_KEY not in json.dumps(config.data)
-    assert SECRET_KEY not in json.dumps(config.data)
+    annotation = validation.spec.template.metadata.annotations["finetune.dev/trainer-config"]
+    assert "hyperparameters" not in json.loads(annotation)
+    assert ACCESS_KEY not in annotation
+    assert SECRET_KEY not in annotation
 
     scenario.report(duplicate_rate=0.004)
     scenario.cluster.finish_job(scenario.namespace, f"{NAME}-validate")
@@ -161,11 +161,10 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
     assert pod.containers[0].security_context.read_only_root_filesystem is True
     assert train.metadata.owner_references[0].kind == "FineTuneJob"
     assert train.metadata.labels["app.kubernetes.io/managed-by"] == "finetune-operator"
-    contract = json.loads(
-        scenario.cluster.core.read_namespaced_config_map(f"{NAME}-trainer", scenario.namespace).data[
-            "trainer.json"
-        ]
-    )
+    config = scenario.cluster.core.read_namespaced_config_map(f"{NAME}-trainer", scenario.namespace)
+    assert ACCESS_KEY not in config.data["trainer.json"]
+    assert SECRET_KEY not in config.data["trainer.json"]
+    contract = json.loads(config.data["trainer.json"])
     assert contract["hyperparameters"]["epochs"] == 3
     status = scenario.wait_phase("Training")
     assert status["dataReport"]["rows"] == {"training": 1000, "validation": 100}
@@ -195,11 +194,12 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
     )
     assert "condition met" in waited.stdout
     reasons = [
-        r for r, _ in eventually(lambda: scenario.events() if len(scenario.events()) >= 4 else None, 10)
+        r for r, _ in eventually(lambda: scenario.events() if len(scenario.events()) >= 3 else None, 10)
     ]
     # each transition told once (events carry 1 s timestamps, so neighbours may tie and swap places)
-    assert sorted(reasons) == sorted(["ValidationRunning", "DataGatesPassed", "TrainingRunning", "Completed"])
+    assert sorted(reasons) == sorted(["ValidationRunning", "TrainingRunning", "Completed"])
     assert reasons[-1] == "Completed"
+    assert any(m.startswith("data gates passed (1000 training rows") for _, m in scenario.events())
     assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", f"{NAME}-validate"]
 
 
@@ -397,4 +397,4 @@ def test_restarts_at_every_phase_boundary_duplicate_nothing(
     assert len(configs.items) == 1
     # every transition told exactly once, across three restarts
     reasons = [r for r, _ in scenario.events()]
-    assert sorted(reasons) == sorted(["ValidationRunning", "DataGatesPassed", "TrainingRunning", "Completed"])
+    assert sorted(reasons) == sorted(["ValidationRunning", "TrainingRunning", "Completed"])

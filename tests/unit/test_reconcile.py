@@ -41,6 +41,10 @@ def observe(job: FineTuneJob, **kwargs: Any) -> Observed:
     return Observed(job=job, now=kwargs.pop("now", NOW), **kwargs)
 
 
+def created(decision: Decision, kind: str) -> list[dict[str, Any]]:
+    return [m for m in decision.create if m["kind"] == kind]
+
+
 def conditions(decision: Decision) -> dict[str, tuple[str, str]]:
     return {c.type: (c.status, c.reason) for c in decision.status.conditions}
 
@@ -76,18 +80,20 @@ def validated(job: FineTuneJob) -> FineTuneJob:
 # --- validation -----------------------------------------------------------------------------------
 
 
-def test_new_job_creates_config_and_cpu_only_validation_job() -> None:
+def test_new_job_creates_only_a_cpu_only_validation_job_carrying_its_contract() -> None:
     decision = reconcile(observe(ftj()), SETTINGS)
-    kinds = [(m["kind"], m["metadata"]["name"]) for m in decision.create]
-    assert kinds == [
-        ("ConfigMap", "support-assistant-sft-trainer"),
-        ("Job", "support-assistant-sft-validate"),
+    assert [(m["kind"], m["metadata"]["name"]) for m in decision.create] == [
+        ("Job", "support-assistant-sft-validate")
     ]
     assert decision.status.phase == "ValidatingData"
     assert conditions(decision)["DataValidated"] == ("Unknown", "ValidationRunning")
-    contract = json.loads(decision.create[0]["data"]["trainer.json"])
+    template = decision.create[0]["spec"]["template"]
+    contract = json.loads(template["metadata"]["annotations"]["finetune.dev/trainer-config"])
     assert "hyperparameters" not in contract
-    container = decision.create[1]["spec"]["template"]["spec"]["containers"][0]
+    assert contract["training"]["uri"] == "s3://datasets/support/2026-11/train.jsonl"
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == "config")
+    assert volume["downwardAPI"]["items"][0]["path"] == "trainer.json"
+    container = template["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
     assert container["command"][-3:] == ["validate-data", "--config", "/etc/finetune/trainer.json"]
     assert [e.reason for e in decision.events] == ["ValidationRunning"]
@@ -172,19 +178,21 @@ def test_passing_validation_resolves_auto_and_starts_attempt_one() -> None:
     assert decision.status.attempts == 1
     assert decision.status.start_time == NOW
     assert conditions(decision)["DataValidated"] == ("True", "DataGatesPassed")
-    contract = json.loads(decision.apply[0]["data"]["trainer.json"])
+    contract = json.loads(created(decision, "ConfigMap")[0]["data"]["trainer.json"])
     assert contract["hyperparameters"]["epochs"] == 3  # 1,000 rows: the documented auto rule
-    train = decision.create[0]
+    train = created(decision, "Job")[0]
     assert train["metadata"]["name"] == "support-assistant-sft-train-1"
     assert train["spec"]["suspend"] is True  # the example names a Kueue queue
     assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "ml-training"
-    assert [e.reason for e in decision.events] == ["DataGatesPassed", "TrainingRunning"]
+    assert [e.reason for e in decision.events] == ["TrainingRunning"]  # one event per phase transition
+    assert decision.events[0].message.startswith("data gates passed (1000 training rows")
 
 
 def test_training_pod_spec() -> None:
     job = validated(ftj(patch={"spec": {"runPolicy": {"maxRuntime": "6h"}}}))
     decision = reconcile(observe(job, validation=JobObservation("v", outcome="Complete")), SETTINGS)
-    pod = decision.create[0]["spec"]["template"]["spec"]
+    train = created(decision, "Job")[0]
+    pod = train["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["resources"] == {
         "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": 1},
@@ -212,15 +220,15 @@ def test_training_pod_spec() -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["priorityClassName"] == "ml-training"
     assert pod["serviceAccountName"] == "finetune-trainer"
-    assert decision.create[0]["spec"]["activeDeadlineSeconds"] == 6 * 3600
-    assert decision.create[0]["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
-    assert "finetune-s3" not in decision.apply[0]["data"]["trainer.json"]
+    assert train["spec"]["activeDeadlineSeconds"] == 6 * 3600
+    assert train["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+    assert "finetune-s3" not in created(decision, "ConfigMap")[0]["data"]["trainer.json"]
 
 
 def test_multi_node_is_an_indexed_job_with_headless_service_and_rendezvous_env() -> None:
     job = validated(ftj("dpo-helpfulness.yaml"))
     decision = reconcile(observe(job, validation=JobObservation("v", outcome="Complete")), SETTINGS)
-    service, train = sorted(decision.create, key=lambda m: m["kind"], reverse=True)
+    (service,), (train,) = created(decision, "Service"), created(decision, "Job")
     assert service["spec"]["clusterIP"] == "None"
     assert train["spec"]["completionMode"] == "Indexed"
     assert train["spec"]["completions"] == train["spec"]["parallelism"] == 2
@@ -303,7 +311,7 @@ def test_failed_attempt_is_retried_resuming_from_the_latest_checkpoint() -> None
         JobObservation("j1", attempt=1, outcome="Failed", message="OOMKilled"),
         storage=StorageObservation(checkpoints=markers),
     )
-    assert [m["metadata"]["name"] for m in decision.create] == ["support-assistant-sft-train-2"]
+    assert [m["metadata"]["name"] for m in created(decision, "Job")] == ["support-assistant-sft-train-2"]
     assert decision.status.attempts == 2
     assert [(e.type, e.reason) for e in decision.events] == [("Warning", "Retrying"), ("Normal", "Retrying")]
     assert "resumes from step 400" in decision.events[-1].message
@@ -319,7 +327,7 @@ def test_retry_limit_ends_failed() -> None:
     assert decision.status.phase == "Failed"
     assert decision.status.attempts == 2
     assert conditions(decision)["Failed"] == ("True", "RetryLimitExceeded")
-    assert decision.create == []
+    assert created(decision, "Job") == []
 
 
 def test_max_runtime_stops_the_pods_and_fails() -> None:
@@ -408,13 +416,13 @@ def test_a_second_reconcile_of_the_same_world_asks_for_nothing() -> None:
     job = validated(ftj())
     first = training(job)
     after = job.model_copy(update={"status": first.status})
-    created = first.create[0]["metadata"]["name"]
-    contract = first.apply[0]["data"]["trainer.json"]
+    job_name = created(first, "Job")[0]["metadata"]["name"]
+    contract = created(first, "ConfigMap")[0]["data"]["trainer.json"]
     second = reconcile(
         observe(
             after,
             validation=JobObservation("v", outcome="Complete"),
-            training=(JobObservation(created, attempt=1, suspended=True),),
+            training=(JobObservation(job_name, attempt=1, suspended=True),),
             config_data=contract,
         ),
         SETTINGS,

@@ -1,5 +1,9 @@
 """The trainer's ConfigMap, the CPU-only validation Job, the training Job and its headless Service.
 
+The trainer reads its contract from CONFIG_PATH. Training mounts it from the ConfigMap; validation, which
+runs before hyperparameters can be resolved, carries its own contract in a pod annotation projected to
+the same path (downward API), so the ConfigMap is written once, complete.
+
 Every pod runs restricted: non-root, no privilege escalation, all capabilities dropped, read-only root
 filesystem with writable scratch volumes, seccomp RuntimeDefault. S3 credentials come from the Secret the
 spec references, as environment variables; the ConfigMap holds only the trainer contract, which has no
@@ -69,6 +73,9 @@ def _env(job: FineTuneJob) -> list[dict[str, Any]]:
     return env
 
 
+CONTRACT_ANNOTATION = "finetune.dev/trainer-config"
+
+
 def _pod_spec(
     job: FineTuneJob,
     settings: Settings,
@@ -77,9 +84,23 @@ def _pod_spec(
     resources: dict[str, Any],
     extra_env: list[dict[str, Any]] | None = None,
     shared_memory: bool = False,
+    contract_in_annotation: bool = False,
 ) -> dict[str, Any]:
+    if contract_in_annotation:
+        source: dict[str, Any] = {
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": CONFIG_KEY,
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{CONTRACT_ANNOTATION}']"},
+                    }
+                ]
+            }
+        }
+    else:
+        source = {"configMap": {"name": config_name(job.metadata.name)}}
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_name(job.metadata.name)}},
+        {"name": "config", **source},
         {"name": "scratch", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
     ]
@@ -126,8 +147,19 @@ def _pod_spec(
     return spec
 
 
-def _job(job: FineTuneJob, name: str, component: str, pod: dict[str, Any], **spec: Any) -> Manifest:
+def _job(
+    job: FineTuneJob,
+    name: str,
+    component: str,
+    pod: dict[str, Any],
+    *,
+    annotations: dict[str, str] | None = None,
+    **spec: Any,
+) -> Manifest:
     meta = metadata(job, name, component, spec.pop("extra_labels", None))
+    template_meta: dict[str, Any] = {"labels": dict(meta["labels"])}
+    if annotations:
+        template_meta["annotations"] = annotations
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -135,13 +167,14 @@ def _job(job: FineTuneJob, name: str, component: str, pod: dict[str, Any], **spe
         "spec": {
             "backoffLimit": 0,  # retries are the operator's: each attempt resumes from a checkpoint
             **spec,
-            "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod},
+            "template": {"metadata": template_meta, "spec": pod},
         },
     }
 
 
-def validation_job(job: FineTuneJob, settings: Settings) -> Manifest:
-    """CPU only: the data gates run before any GPU is requested."""
+def validation_job(job: FineTuneJob, settings: Settings, contract: TrainerConfig) -> Manifest:
+    """CPU only: the data gates run before any GPU is requested. The contract (without hyperparameters,
+    which need the row count this Job finds) travels in the pod's annotation."""
     pod = _pod_spec(
         job,
         settings,
@@ -150,8 +183,10 @@ def validation_job(job: FineTuneJob, settings: Settings) -> Manifest:
             "requests": {"cpu": settings.validation_cpu, "memory": settings.validation_memory},
             "limits": {"memory": settings.validation_memory},
         },
+        contract_in_annotation=True,
     )
-    return _job(job, validation_job_name(job.metadata.name), VALIDATE, pod)
+    annotations = {CONTRACT_ANNOTATION: json.dumps(contract.dump(), sort_keys=True)}
+    return _job(job, validation_job_name(job.metadata.name), VALIDATE, pod, annotations=annotations)
 
 
 def _training_command(job: FineTuneJob) -> list[str]:

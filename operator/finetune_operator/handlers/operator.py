@@ -2,11 +2,12 @@
 
 - Indexes keep what the operator created (Jobs, pods, ConfigMaps, Services) in memory, fed by watches,
   reduced to what reconcile needs: observing costs no API calls.
-- One daemon per FineTuneJob runs the loop observe -> reconcile -> act -> sleep. Events on the job or its
-  children wake it early; otherwise it sleeps as long as the decision asked (15 s while training, for
-  progress). One loop per object means no two reconciles of the same job ever race.
-- Deletion: a finalizer stops the Jobs and, with runPolicy.artifactCleanup Delete, removes the run's
-  staging prefix; it gives up on S3 after the cleanup deadline rather than block deletion forever.
+- One worker task per FineTuneJob runs the loop observe -> reconcile -> act -> sleep. Events on the job
+  or its children wake it early; otherwise it sleeps as long as the decision asked (15 s while training,
+  for progress). One loop per object means no two reconciles of the same job ever race.
+- Deletion: owner references let the garbage collector remove the children. Only with
+  runPolicy.artifactCleanup Delete does an object carry a finalizer: it stops the Jobs, removes the run's
+  staging prefix, and gives up on S3 after the cleanup deadline rather than block deletion forever.
 - Kopf's own bookkeeping lives in `finetune.dev/*` annotations; status holds only declared fields.
 """
 
@@ -18,6 +19,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,14 +55,14 @@ GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 SECRET_TTL = 60.0
 CATCH_UP_SECONDS = 5.0
+_workers: dict[tuple[str, str], _Worker] = {}
 INDEXES = ("child_jobs", "child_pods", "child_configs", "child_services")
-_wakeups: dict[tuple[str, str], asyncio.Event] = {}
 
 
 def _wake(namespace: str | None, name: str | None) -> None:
-    event = _wakeups.get((namespace or "", name or ""))
-    if event is not None:
-        event.set()
+    worker = _workers.get((namespace or "", name or ""))
+    if worker is not None:
+        worker.wake.set()
 
 
 # --- start-up -------------------------------------------------------------------------------------
@@ -82,6 +84,10 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
 
 @kopf.on.cleanup()
 async def close(*, memo: kopf.Memo, **_: Any) -> None:
+    tasks = [w.task for w in _workers.values() if w.task is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await memo.kube.close()
 
 
@@ -154,11 +160,6 @@ def child_changed(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> No
     _wake(namespace, labels.get(JOB_LABEL))
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def job_changed(*, namespace: str | None, name: str, **_: Any) -> None:
-    _wake(namespace, name)
-
-
 # --- the loop -------------------------------------------------------------------------------------
 
 
@@ -225,15 +226,15 @@ class _Expected:
     status: dict[str, Any] | None = None
     children: tuple[str, ...] = ()
 
-    def seen(self, body: kopf.Body, jobs: list[JobObservation]) -> bool:
+    def seen(self, body: Mapping[str, Any], jobs: list[JobObservation]) -> bool:
         status_ok = self.status is None or _status_dump(body) == self.status
         names = {j.name for j in jobs}
         return status_ok and all(name in names for name in self.children)
 
 
-def _status_dump(body: kopf.Body) -> dict[str, Any] | None:
+def _status_dump(body: Mapping[str, Any]) -> dict[str, Any] | None:
     try:
-        return FineTuneJobStatus.model_validate(dict(body.status)).dump()
+        return FineTuneJobStatus.model_validate(dict(body["status"])).dump()
     except ValidationError:
         return None
 
@@ -268,8 +269,29 @@ async def _act(decision: Decision, job: FineTuneJob, kube: KubeClient, logger: k
     return _Expected(written, jobs)
 
 
-def _load(body: kopf.Body) -> tuple[FineTuneJob, str | None]:
-    raw = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _essence(body: kopf.Body) -> dict[str, Any]:
+    """What reconcile reads of an object: not managedFields, not kubectl's copy of the whole manifest.
+    Parked loops keep this between steps, so it is kept small."""
+    meta = body.metadata
+    annotations = {k: v for k, v in meta.annotations.items() if k != LAST_APPLIED}
+    return {
+        "metadata": {
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "uid": meta.uid,
+            "generation": meta.get("generation"),
+            "annotations": annotations,
+        },
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }
+
+
+def _load(body: Mapping[str, Any]) -> tuple[FineTuneJob, str | None]:
+    raw = {"metadata": dict(body["metadata"]), "spec": dict(body["spec"]), "status": dict(body["status"])}
     try:
         return FineTuneJob.model_validate(raw), None
     except ValidationError as err:
@@ -282,72 +304,121 @@ def _load(body: kopf.Body) -> tuple[FineTuneJob, str | None]:
 
 
 async def _catch_up(
-    expected: _Expected,
-    body: kopf.Body,
-    jobs: kopf.Index[Any, Any],
-    key: tuple[str, str],
-    wake: asyncio.Event,
+    expected: _Expected, worker: _Worker, jobs: kopf.Index[Any, Any], key: tuple[str, str]
 ) -> None:
     """Wait (briefly) until the watches deliver our own last writes, so reconcile never acts on a view
-    older than what it just did. Proceeds anyway after CATCH_UP_SECONDS: creates are idempotent."""
+    older than what it just did. Each write comes back as a watch event that wakes the worker; proceeds
+    anyway after CATCH_UP_SECONDS (creates are idempotent)."""
     deadline = time.monotonic() + CATCH_UP_SECONDS
-    while not expected.seen(body, list(jobs.get(key, []))) and time.monotonic() < deadline:
-        wake.clear()
+    while not expected.seen(worker.body, list(jobs.get(key, []))):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        worker.wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=0.2)
+            await asyncio.wait_for(worker.wake.wait(), timeout=remaining)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def lifecycle(
+@dataclass
+class _Worker:
+    """The reconcile loop of one FineTuneJob, fed the newest body by the watch (trimmed: see _essence)."""
+
+    body: dict[str, Any]
+    wake: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+
+async def _step(
+    worker: _Worker,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    indexes: dict[str, kopf.Index[Any, Any]],
+    backoff: float,
+) -> tuple[float | None, _Expected]:
+    """One observe -> reconcile -> act. Its own frame, so that the models and manifests it builds are
+    freed before the loop sleeps: thousands of parked loops hold only what the next step needs."""
+    job, problem = _load(worker.body)
+    try:
+        if problem is not None:
+            decision = invalid_spec(job, problem, dt.datetime.now(dt.UTC))
+        else:
+            decision = reconcile(await _observe(job, memo, indexes), memo.settings)
+        return decision.requeue_after, await _act(decision, job, memo.kube, logger)
+    except KubeError as err:
+        if err.status == 422 and problem is None:  # a child the spec makes invalid: the user must act
+            failed = invalid_spec(
+                job, f"the API server refused a child object: {err.message}", dt.datetime.now(dt.UTC)
+            )
+            return None, await _act(failed, job, memo.kube, logger)
+        logger.warning(f"reconcile failed, retrying in {backoff:.0f}s: {err}")
+        return -backoff, _Expected()  # negative: a retry after an error
+
+
+async def _lifecycle(
+    worker: _Worker,
+    key: tuple[str, str],
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    indexes: dict[str, kopf.Index[Any, Any]],
+) -> None:
+    """Reconcile one FineTuneJob until it reaches a terminal phase; cancelled when it is deleted."""
+    backoff = 1.0
+    expected = _Expected()
+    try:
+        while True:
+            await _catch_up(expected, worker, indexes["child_jobs"], key)
+            worker.wake.clear()
+            requeue_after, expected = await _step(worker, memo, logger, indexes, backoff)
+            if requeue_after is None:
+                return  # terminal: nothing more will change
+            if requeue_after < 0:
+                requeue_after, backoff = -requeue_after, min(backoff * 2, 60.0)
+            else:
+                backoff = 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.wake.wait(), timeout=requeue_after)
+    finally:
+        if _workers.get(key) is worker:
+            del _workers[key]
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def job_changed(
     *,
+    type: str,
     body: kopf.Body,
     namespace: str | None,
     name: str,
-    stopped: kopf.DaemonStopped,
     memo: kopf.Memo,
     logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """Reconcile one FineTuneJob until it reaches a terminal phase or is deleted."""
-    indexes: dict[str, kopf.Index[Any, Any]] = {key: kwargs[key] for key in INDEXES}
+    """Start, feed or stop the object's reconcile loop. Kopf's daemons would do the same but put a
+    finalizer on every object; this way only objects whose deletion needs work get one."""
     key = (namespace or "", name)
-    wake = _wakeups.setdefault(key, asyncio.Event())
-    backoff = 1.0
-    expected = _Expected()
-    try:
-        while not stopped:
-            await _catch_up(expected, body, indexes["child_jobs"], key, wake)
-            wake.clear()
-            job, problem = _load(body)
-            try:
-                if problem is not None:
-                    decision = invalid_spec(job, problem, dt.datetime.now(dt.UTC))
-                else:
-                    decision = reconcile(await _observe(job, memo, indexes), memo.settings)
-                expected = await _act(decision, job, memo.kube, logger)
-                backoff = 1.0
-            except KubeError as err:
-                if err.status == 422 and problem is None:  # a child the spec makes invalid: the user must act
-                    failed = invalid_spec(
-                        job, f"the API server refused a child object: {err.message}", dt.datetime.now(dt.UTC)
-                    )
-                    await _act(failed, job, memo.kube, logger)
-                    return
-                logger.warning(f"reconcile failed, retrying in {backoff:.0f}s: {err}")
-                decision = Decision(status=job.status, requeue_after=backoff)
-                backoff = min(backoff * 2, 60.0)
-            if decision.requeue_after is None:
-                return  # terminal: nothing more will change
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=decision.requeue_after)
-    finally:
-        _wakeups.pop(key, None)
+    worker = _workers.get(key)
+    if type == "DELETED" or body.metadata.get("deletionTimestamp"):
+        if worker is not None and worker.task is not None:
+            worker.task.cancel()
+        return
+    if worker is not None:
+        worker.body = _essence(body)
+        worker.wake.set()
+        return
+    worker = _Worker(body=_essence(body), wake=asyncio.Event())
+    indexes = {index: kwargs[index] for index in INDEXES}
+    worker.task = asyncio.create_task(_lifecycle(worker, key, memo, logger, indexes))
+    _workers[key] = worker
 
 
 # --- deletion -------------------------------------------------------------------------------------
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+def _cleans_up(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("runPolicy", {}).get("artifactCleanup") == "Delete")
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_cleans_up)
 async def delete(
     *,
     body: kopf.Body,
@@ -358,12 +429,14 @@ async def delete(
     logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """Stop the Jobs now (owner references would too, later) and apply the staging-artifact policy."""
+    """Only with runPolicy.artifactCleanup Delete (so only those objects carry the finalizer): stop the
+    Jobs now and delete the run's staging prefix. Otherwise owner references let the garbage collector
+    remove the children, and nothing blocks deletion."""
     child_jobs: kopf.Index[Any, Any] = kwargs["child_jobs"]
     for observation in list(child_jobs.get((namespace, name), [])):
         await memo.kube.delete("Job", namespace or "", observation.name)
     job, problem = _load(body)
-    if problem is not None or job.spec.run_policy.artifact_cleanup != "Delete":
+    if problem is not None:
         return
     staging = staging_uri(job, job.status.run_id or run_id(job))
     output = job.spec.output_uri or ""

@@ -8,6 +8,7 @@ in-cluster service account), reused for every request.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,8 @@ def _configuration() -> k8s.Configuration:
     try:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
+        # the client captures $KUBECONFIG when imported; read it now, when asked
+        k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     configuration: k8s.Configuration = k8s.Configuration.get_default_copy()
     return configuration
 
@@ -53,7 +55,7 @@ class KubeClient:
     session: aiohttp.ClientSession
 
     @classmethod
-    def connect(cls) -> KubeClient:
+    def connect(cls, user_agent: str = FIELD_MANAGER) -> KubeClient:
         """Authenticate as kubectl would: in-cluster service account, else the kubeconfig."""
         conf = _configuration()
         context = (
@@ -66,7 +68,7 @@ class KubeClient:
         if not conf.verify_ssl:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        headers = {}
+        headers = {"User-Agent": user_agent}
         token = conf.api_key.get("authorization") or conf.api_key.get("BearerToken")
         if token:
             prefix = conf.api_key_prefix.get("authorization", "Bearer")

@@ -48,6 +48,7 @@ class _Run:
     observed: Observed
     settings: Settings
     decision: Decision
+    data_message: str = ""  # told together with the next phase's event: one event per transition
 
     @property
     def job(self) -> FineTuneJob:
@@ -116,7 +117,7 @@ def _validate(run: _Run) -> DataValidationReport | None:
     uri = staging_uri(run.job, status.run_id or "") + DATA_REPORT
     if validation is None:
         contract = build_trainer_config(run.job, run_id=status.run_id or "", resolved=None)
-        run.decision.create += [config_map(run.job, contract), validation_job(run.job, run.settings)]
+        run.decision.create.append(validation_job(run.job, run.settings, contract))
         status.phase = Phase.VALIDATING_DATA
         message = (
             f"job {validation_job_name(run.job.metadata.name)} checks the data before any GPU is requested"
@@ -163,7 +164,8 @@ def _validate(run: _Run) -> DataValidationReport | None:
         f"{rows} training rows; duplicate rate {report.duplicate_rate:.1%}, leakage {report.leakage_rate:.1%}"
     )
     run.condition(ConditionType.DATA_VALIDATED, "True", Reason.DATA_GATES_PASSED, message)
-    run.event(Reason.DATA_GATES_PASSED, message)
+    run.decision.status.data_report = st.data_report(report, uri)
+    run.data_message = f"data gates passed ({message})"
     return report
 
 
@@ -184,8 +186,10 @@ def _train(run: _Run, report: DataValidationReport) -> None:
         return
     contract = build_trainer_config(job, run_id=status.run_id or "", resolved=resolved)
     wanted = config_map(job, contract)
-    if observed.config_data != wanted["data"][CONFIG_KEY]:
-        run.decision.apply.append(wanted)
+    if observed.config_data is None:
+        run.decision.create.append(wanted)
+    elif observed.config_data != wanted["data"][CONFIG_KEY]:
+        run.decision.apply.append(wanted)  # the spec cannot change, but an edited ConfigMap is put back
     if job.spec.resources.nodes > 1 and not observed.service:
         run.decision.create.append(headless_service(job))
 
@@ -240,7 +244,8 @@ def _start_attempt(run: _Run, attempt: int) -> None:
             Reason.QUEUED,
             f"waiting for Kueue to admit job {name} in queue {job.spec.resources.queue_name}",
         )
-    run.event(Reason.TRAINING_RUNNING if attempt == 1 else Reason.RETRYING, message)
+    told = f"{run.data_message}; {message}" if run.data_message else message
+    run.event(Reason.TRAINING_RUNNING if attempt == 1 else Reason.RETRYING, told)
     run.wait()
 
 
