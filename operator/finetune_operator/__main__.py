@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from finetune_operator.settings import Settings
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_operator import handlers  # noqa: F401, PLC0415 - registers the handlers
 
     kopf.configure(verbose=False)
+    # Kopf logs every handler call at INFO; at hundreds of events a second that is the operator's work
+    logging.getLogger("kopf").setLevel(logging.WARNING)
     # uvloop: the operator is one event loop serving every watch and reconcile; libuv's loop is faster
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         kopf.run(

@@ -27,7 +27,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_api.trainer_config import staging_uri
-from finetune_api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from finetune_api.v1alpha1 import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus
 from finetune_api.v1alpha1.common import ObjectMeta
 from finetune_operator.builders.names import (
     ATTEMPT_LABEL,
@@ -272,6 +272,25 @@ async def _act(decision: Decision, job: FineTuneJob, kube: KubeClient, logger: k
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
+def _load_cached(worker: _Worker) -> tuple[FineTuneJob, str | None]:
+    """`_load`, validating the spec once per generation (it is the bulk of the model; status changes
+    every step, the spec almost never)."""
+    generation = worker.body["metadata"].get("generation")
+    if worker.spec is None or worker.spec[0] != generation:
+        job, problem = _load(worker.body)
+        if problem is None:
+            worker.spec = (generation, job.spec)
+        return job, problem
+    raw_status = worker.body["status"]
+    try:
+        status = FineTuneJobStatus.model_validate(dict(raw_status)) if raw_status else FineTuneJobStatus()
+        meta = ObjectMeta.model_validate(worker.body["metadata"])
+    except ValidationError:
+        return _load(worker.body)
+    fields: dict[str, Any] = {"metadata": meta, "spec": worker.spec[1], "status": status}
+    return FineTuneJob.model_construct(**fields), None
+
+
 def _essence(body: kopf.Body) -> dict[str, Any]:
     """What reconcile reads of an object: not managedFields, not kubectl's copy of the whole manifest.
     Parked loops keep this between steps, so it is kept small."""
@@ -326,6 +345,7 @@ class _Worker:
     body: dict[str, Any]
     wake: asyncio.Event
     task: asyncio.Task[None] | None = None
+    spec: tuple[int | None, FineTuneJobSpec] | None = None  # validated spec of this generation
 
 
 async def _step(
@@ -337,7 +357,7 @@ async def _step(
 ) -> tuple[float | None, _Expected]:
     """One observe -> reconcile -> act. Its own frame, so that the models and manifests it builds are
     freed before the loop sleeps: thousands of parked loops hold only what the next step needs."""
-    job, problem = _load(worker.body)
+    job, problem = _load_cached(worker)
     try:
         if problem is not None:
             decision = invalid_spec(job, problem, dt.datetime.now(dt.UTC))

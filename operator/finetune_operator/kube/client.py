@@ -93,8 +93,16 @@ class KubeClient:
         return url
 
     async def _request(
-        self, method: str, url: str, body: Any = None, content_type: str = "application/json", **params: str
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        *,
+        parse: bool = True,
+        **params: str,
     ) -> dict[str, Any]:
+        """The response as a dict; `parse=False` skips decoding it (writes whose answer nobody reads)."""
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
         async with self.session.request(method, url, data=data, headers=headers, params=params) as response:
@@ -105,13 +113,13 @@ class KubeClient:
                 except ValueError:
                     message = text
                 raise KubeError(response.status, message)
-            result: dict[str, Any] = json.loads(text) if text else {}
+            result: dict[str, Any] = json.loads(text) if text and parse else {}
             return result
 
     async def create(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create unless it exists; True if this call created it."""
         try:
-            await self._request("POST", self._url(manifest["kind"], namespace), manifest)
+            await self._request("POST", self._url(manifest["kind"], namespace), manifest, parse=False)
         except KubeError as err:
             if err.status == 409:
                 return False
@@ -121,11 +129,13 @@ class KubeClient:
     async def apply(self, namespace: str, manifest: dict[str, Any]) -> None:
         """Server-side apply of the fields in `manifest`, owned by the operator's field manager."""
         url = self._url(manifest["kind"], namespace, manifest["metadata"]["name"])
-        await self._request("PATCH", url, manifest, APPLY, fieldManager=FIELD_MANAGER, force="true")
+        await self._request(
+            "PATCH", url, manifest, APPLY, parse=False, fieldManager=FIELD_MANAGER, force="true"
+        )
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         url = self._url("FineTuneJob", namespace, name, "status")
-        await self._request("PATCH", url, {"status": status}, MERGE)
+        await self._request("PATCH", url, {"status": status}, MERGE, parse=False)
 
     async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
         """Record a core/v1 Event about `involved` (apiVersion, kind, name, namespace, uid)."""
@@ -144,7 +154,7 @@ class KubeClient:
             "lastTimestamp": now,
             "count": 1,
         }
-        await self._request("POST", self._url("Event", namespace), body)
+        await self._request("POST", self._url("Event", namespace), body, parse=False)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -158,7 +168,7 @@ class KubeClient:
         """Delete with background propagation (the Job's pods go too); absent is fine."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         try:
-            await self._request("DELETE", self._url(kind, namespace, name), body)
+            await self._request("DELETE", self._url(kind, namespace, name), body, parse=False)
         except KubeError as err:
             if err.status != 404:
                 raise
