@@ -38,6 +38,7 @@ from finetune_operator.builders.names import run_id  # noqa: E402
 from finetune_operator.builders.workloads import validation_job  # noqa: E402
 from finetune_operator.kube.client import KubeClient  # noqa: E402
 from finetune_operator.settings import Settings  # noqa: E402
+from kube import finished_job_status  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 from s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
 from s3server import client as s3_client  # noqa: E402
@@ -186,24 +187,14 @@ async def _wait_for(
 
 
 async def _finish(kube: KubeClient, namespace: str, job: str) -> None:
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    stamp = {"lastProbeTime": now, "lastTransitionTime": now}
-    status = {
-        "startTime": now,
-        "completionTime": now,
-        "succeeded": 1,
-        "conditions": [
-            {"type": "SuccessCriteriaMet", "status": "True", **stamp},
-            {"type": "Complete", "status": "True", **stamp},
-        ],
-    }
+    """Play the Job controller for `job` once the operator has created it."""
     url = kube._url("Job", namespace, job, "status")
     deadline = time.monotonic() + 60
     while await kube.get("Job", namespace, job) is None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job} never appeared")
         await asyncio.sleep(0.3)
-    await kube._request("PATCH", url, {"status": status}, "application/merge-patch+json")
+    await kube._request("PATCH", url, {"status": finished_job_status()}, "application/merge-patch+json")
 
 
 async def main() -> None:

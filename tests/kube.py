@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -11,6 +12,35 @@ from kubernetes import client
 from controlplane.cluster import ControlPlane
 
 EXAMPLES_NAMESPACE = "ml-platform"
+
+
+def finished_job_status(*, failed: bool = False, reason: str = "", message: str = "") -> dict[str, Any]:
+    """A batch/v1 Job status as the Job controller writes it when a Job ends (accepted by the API server's
+    status validation: the terminal condition follows SuccessCriteriaMet or FailureTarget)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = {"lastProbeTime": now, "lastTransitionTime": now}
+    if failed:
+        why = {
+            "reason": reason or "BackoffLimitExceeded",
+            "message": message or "Job has reached the specified backoff limit",
+        }
+        return {
+            "startTime": now,
+            "failed": 1,
+            "conditions": [
+                {"type": "FailureTarget", "status": "True", **why, **stamp},
+                {"type": "Failed", "status": "True", **why, **stamp},
+            ],
+        }
+    return {
+        "startTime": now,
+        "completionTime": now,
+        "succeeded": 1,
+        "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", **stamp},
+            {"type": "Complete", "status": "True", **stamp},
+        ],
+    }
 
 
 @dataclass
@@ -40,31 +70,7 @@ class Cluster:
         self, namespace: str, name: str, *, failed: bool = False, reason: str = "", message: str = ""
     ) -> None:
         """Play the Job controller: mark a Job Complete or Failed through its status subresource."""
-        now = "2026-11-23T10:00:00Z"
-        stamp = {"lastProbeTime": now, "lastTransitionTime": now}
-        if failed:
-            why = {
-                "reason": reason or "BackoffLimitExceeded",
-                "message": message or "Job has reached the specified backoff limit",
-            }
-            status = {
-                "startTime": now,
-                "failed": 1,
-                "conditions": [
-                    {"type": "FailureTarget", "status": "True", **why, **stamp},
-                    {"type": "Failed", "status": "True", **why, **stamp},
-                ],
-            }
-        else:
-            status = {
-                "startTime": now,
-                "completionTime": now,
-                "succeeded": 1,
-                "conditions": [
-                    {"type": "SuccessCriteriaMet", "status": "True", **stamp},
-                    {"type": "Complete", "status": "True", **stamp},
-                ],
-            }
+        status = finished_job_status(failed=failed, reason=reason, message=message)
         client.BatchV1Api(self.api).patch_namespaced_job_status(name, namespace, {"status": status})
 
     def ftj(self, namespace: str, name: str) -> dict[str, Any]:
