@@ -11,13 +11,13 @@ import contextlib
 import json
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from processes import Process, ProcessError, free_port, spawn, wait_http
+from processes import workdir as temporary_workdir
 
 ACCESS_KEY = "finetune-test"
 SECRET_KEY = "finetune-test-secret"  # a throw-away credential for a loopback server
@@ -98,15 +98,12 @@ class S3Server:
 
 @contextlib.contextmanager
 def running(workdir: Path | None = None) -> Iterator[S3Server]:
-    own = workdir is None
-    directory = Path(tempfile.mkdtemp(prefix="finetune-s3-")) if workdir is None else workdir
-    server = S3Server(directory)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        if own:
-            shutil.rmtree(directory, ignore_errors=True)
+    with temporary_workdir(workdir, "finetune-s3-") as directory:
+        server = S3Server(directory)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
 
 
 def client(endpoint: str) -> Any:

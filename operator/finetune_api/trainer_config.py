@@ -82,7 +82,6 @@ class TrainerConfig(ApiModel):
     checkpointing: Checkpointing
     storage: StorageTarget
     distributed: Distributed = Field(default_factory=Distributed)
-    resume_from: Uri | None = Field(default=None, description="Latest complete checkpoint to resume from.")
 
 
 def staging_uri(job: FineTuneJob, run_id: str) -> str:
@@ -91,9 +90,7 @@ def staging_uri(job: FineTuneJob, run_id: str) -> str:
     return f"s3://{storage.bucket}/{storage.prefix}{namespace}/{job.metadata.name}/{run_id}/"
 
 
-def build_trainer_config(
-    job: FineTuneJob, *, run_id: str, resolved: Resolved | None, resume_from: str | None = None
-) -> TrainerConfig:
+def build_trainer_config(job: FineTuneJob, *, run_id: str, resolved: Resolved | None) -> TrainerConfig:
     """The contract for one run of `job`: with "auto" hyperparameters resolved for training, or without
     hyperparameters (`resolved=None`) for data validation."""
     spec = job.spec
@@ -136,5 +133,4 @@ def build_trainer_config(
             output_uri=spec.output_uri,
         ),
         distributed=(Distributed(nodes=spec.resources.nodes, gpus_per_node=spec.resources.gpus_per_node)),
-        resume_from=resume_from,
     )

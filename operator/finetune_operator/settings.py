@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_TRAINER_IMAGE = "finetune-trainer:0.1.0"
 
@@ -17,7 +17,6 @@ class Settings:
     cleanup_deadline_seconds: float = 300.0
     validation_cpu: str = "1"
     validation_memory: str = "4Gi"
-    extra_labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

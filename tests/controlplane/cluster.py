@@ -20,7 +20,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from processes import Process, ProcessError, free_port, spawn, wait_http
+from processes import workdir as temporary_workdir
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
@@ -343,16 +343,12 @@ def running(
     """A started control plane (with `crds` applied, if given) for the duration of the block; always
     stopped and cleaned up."""
     bin_dir = binaries_dir()
-    own = workdir is None
-    directory = Path(tempfile.mkdtemp(prefix="finetune-kube-")) if workdir is None else workdir
-    directory.mkdir(parents=True, exist_ok=True)
-    plane = ControlPlane(directory, bin_dir, with_controllers=with_controllers, crds=crds, audit=audit)
-    try:
-        yield plane.start()
-    finally:
-        plane.stop()
-        if own:
-            shutil.rmtree(directory, ignore_errors=True)
+    with temporary_workdir(workdir, "finetune-kube-") as directory:
+        plane = ControlPlane(directory, bin_dir, with_controllers=with_controllers, crds=crds, audit=audit)
+        try:
+            yield plane.start()
+        finally:
+            plane.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
