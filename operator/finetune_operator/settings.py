@@ -12,7 +12,8 @@ DEFAULT_TRAINER_IMAGE = "finetune-trainer:0.1.0"
 class Settings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     namespaces: tuple[str, ...] = ()  # empty: every namespace
-    reconcile_interval_seconds: float = 15.0
+    reconcile_interval_seconds: float = 15.0  # progress reads while training
+    resync_seconds: float = 300.0  # a job waiting on its children, which wake it when they change
     s3_timeout_seconds: float = 10.0
     cleanup_deadline_seconds: float = 300.0
     validation_cpu: str = "1"
@@ -26,6 +27,7 @@ class Settings:
             trainer_image=env.get("FINETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
             namespaces=namespaces,
             reconcile_interval_seconds=float(env.get("FINETUNE_RECONCILE_INTERVAL", "15")),
+            resync_seconds=float(env.get("FINETUNE_RESYNC_INTERVAL", "300")),
             s3_timeout_seconds=float(env.get("FINETUNE_S3_TIMEOUT", "10")),
             cleanup_deadline_seconds=float(env.get("FINETUNE_CLEANUP_DEADLINE", "300")),
         )

@@ -97,7 +97,7 @@ def test_new_job_creates_only_a_cpu_only_validation_job_carrying_its_contract() 
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
     assert container["command"][-3:] == ["validate-data", "--config", "/etc/finetune/trainer.json"]
     assert [e.reason for e in decision.events] == ["ValidationRunning"]
-    assert decision.requeue_after == SETTINGS.reconcile_interval_seconds
+    assert decision.requeue_after == SETTINGS.resync_seconds  # the Job's watch events wake it
 
 
 def test_running_validation_asks_for_nothing_new() -> None:
@@ -338,6 +338,23 @@ def test_max_runtime_stops_the_pods_and_fails() -> None:
     assert decision.apply[-1]["spec"] == {"suspend": True}
     deadline = training(job, JobObservation("j", attempt=1, outcome="Failed", reason="DeadlineExceeded"))
     assert conditions(deadline)["Failed"] == ("True", "MaxRuntimeExceeded")
+
+
+def test_when_to_look_again() -> None:
+    """Progress is polled while training; a job waiting on Kueue is woken by its Job's events, but never
+    later than its max-runtime deadline."""
+    job = validated(ftj(patch={"spec": {"resources": {"queueName": None}}}))
+    running = training(job, JobObservation("j", attempt=1, active=1))
+    assert running.requeue_after == SETTINGS.reconcile_interval_seconds
+    queued = validated(ftj(patch={"spec": {"runPolicy": {"maxRuntime": "1h"}}}))
+    queued.status.start_time = NOW - timedelta(minutes=59)
+    decision = training(queued, JobObservation("j", attempt=1, suspended=True))
+    assert decision.status.phase == "Pending"
+    assert decision.requeue_after == 60
+    queued.status.start_time = NOW
+    assert training(queued, JobObservation("j", attempt=1, suspended=True)).requeue_after == (
+        SETTINGS.resync_seconds
+    )
 
 
 def test_suspend_and_resume() -> None:

@@ -83,7 +83,19 @@ class _Run:
         self.decision.requeue_after = None
 
     def wait(self) -> None:
-        self.decision.requeue_after = self.settings.reconcile_interval_seconds
+        """Nothing to read until a child changes (its watch event wakes the loop): only a resync, or
+        the max-runtime deadline if that comes sooner."""
+        self._requeue(self.settings.resync_seconds)
+
+    def poll(self) -> None:
+        """Something only S3 can tell (progress, a report that could not be read): look again soon."""
+        self._requeue(self.settings.reconcile_interval_seconds)
+
+    def _requeue(self, seconds: float) -> None:
+        deadline = _deadline(self)
+        if deadline is not None:
+            seconds = min(seconds, max(1.0, (deadline - self.now).total_seconds()))
+        self.decision.requeue_after = seconds
 
 
 def reconcile(observed: Observed, settings: Settings) -> Decision:
@@ -140,7 +152,7 @@ def _validate(run: _Run) -> DataValidationReport | None:
                 Reason.VALIDATION_RUNNING,
                 f"validation finished; reading {uri} failed: {observed.storage.error}",
             )
-            run.wait()
+            run.poll()
             return None
         outcome = "succeeded" if validation.outcome == "Complete" else "failed"
         run.condition(ConditionType.DATA_VALIDATED, "False", Reason.DATA_UNREADABLE, "no data report")
@@ -246,7 +258,7 @@ def _start_attempt(run: _Run, attempt: int) -> None:
         )
     told = f"{run.data_message}; {message}" if run.data_message else message
     run.event(Reason.TRAINING_RUNNING if attempt == 1 else Reason.RETRYING, told)
-    run.wait()
+    run.poll()
 
 
 def _latest_step(run: _Run) -> int:
@@ -289,7 +301,7 @@ def _complete(run: _Run) -> None:
     job, status = run.job, run.decision.status
     records = st.checkpoint_records(run.observed.storage.checkpoints, staging_uri(job, status.run_id or ""))
     if not records and run.observed.storage.error is not None:
-        run.wait()  # the checkpoints are the result: do not finish without reading them
+        run.poll()  # the checkpoints are the result: do not finish without reading them
         return
     status.checkpoints = records
     status.best_checkpoint = st.best_checkpoint(records)
@@ -346,7 +358,10 @@ def _running(run: _Run, current: JobObservation) -> None:
         _scheduling(run, current.name)
     if run.observed.storage.progress is not None:
         status.progress = st.progress(run.observed.storage.progress, status.start_time)
-    run.wait()
+    if status.phase == Phase.TRAINING:
+        run.poll()  # progress lives in S3: no watch event announces it
+    else:
+        run.wait()
 
 
 def _suspended(run: _Run, *, step: int) -> None:
