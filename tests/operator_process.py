@@ -1,5 +1,5 @@
 """The operator as users run it: `python -m finetune_operator`, a separate process the tests can stop
-(to test restarts) and start again."""
+(to test restarts) and start again, with the image's packages only."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ from pathlib import Path
 from processes import Process, spawn
 
 
+# `python -m finetune_operator` with only the packages of the operator image: the test environment also
+# has the Kubernetes client (the tests use it), which the image leaves out and Kopf would import if found.
+IMAGE_ENTRYPOINT = (
+    "import runpy, sys; sys.modules['kubernetes'] = None; "
+    "runpy.run_module('finetune_operator', run_name='__main__', alter_sys=True)"
+)
+
+
 @dataclass
 class OperatorProcess:
     kubeconfig: Path
@@ -20,7 +28,7 @@ class OperatorProcess:
     process: Process | None = None
 
     def start(self) -> OperatorProcess:
-        args = [sys.executable, "-m", "finetune_operator"]
+        args = [sys.executable, "-c", IMAGE_ENTRYPOINT]
         for namespace in self.namespaces:
             args += ["--namespace", namespace]
         env = {

@@ -18,9 +18,10 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_api.trainer_config import staging_uri
-from finetune_api.v1alpha1 import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus
+from finetune_api.v1alpha1 import FineTuneJob, FineTuneJobStatus
 from finetune_api.v1alpha1.common import ObjectMeta
 from finetune_operator.builders.names import (
     ATTEMPT_LABEL,
@@ -242,15 +243,15 @@ class _Expected:
     status: dict[str, Any] | None = None
     children: tuple[str, ...] = ()
 
-    def seen(self, body: Mapping[str, Any], jobs: list[JobObservation]) -> bool:
+    def seen(self, body: bytes, jobs: list[JobObservation]) -> bool:
         status_ok = self.status is None or _status_dump(body) == self.status
         names = {j.name for j in jobs}
         return status_ok and all(name in names for name in self.children)
 
 
-def _status_dump(body: Mapping[str, Any]) -> dict[str, Any] | None:
+def _status_dump(essence: bytes) -> dict[str, Any] | None:
     try:
-        return FineTuneJobStatus.model_validate(dict(body["status"])).dump()
+        return FineTuneJobStatus.model_validate(json.loads(essence)["status"]).dump()
     except ValidationError:
         return None
 
@@ -288,31 +289,13 @@ async def _act(decision: Decision, job: FineTuneJob, kube: KubeClient, logger: k
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
-def _load_cached(worker: _Worker) -> tuple[FineTuneJob, str | None]:
-    """`_load`, validating the spec once per generation (it is the bulk of the model; status changes
-    every step, the spec almost never)."""
-    generation = worker.body["metadata"].get("generation")
-    if worker.spec is None or worker.spec[0] != generation:
-        job, problem = _load(worker.body)
-        if problem is None:
-            worker.spec = (generation, job.spec)
-        return job, problem
-    raw_status = worker.body["status"]
-    try:
-        status = FineTuneJobStatus.model_validate(dict(raw_status)) if raw_status else FineTuneJobStatus()
-        meta = ObjectMeta.model_validate(worker.body["metadata"])
-    except ValidationError:
-        return _load(worker.body)
-    fields: dict[str, Any] = {"metadata": meta, "spec": worker.spec[1], "status": status}
-    return FineTuneJob.model_construct(**fields), None
-
-
-def _essence(body: kopf.Body) -> dict[str, Any]:
-    """What reconcile reads of an object: not managedFields, not kubectl's copy of the whole manifest.
-    Parked loops keep this between steps, so it is kept small."""
+def _essence(body: kopf.Body) -> bytes:
+    """What reconcile reads of an object (not managedFields, not kubectl's copy of the whole manifest),
+    as compact JSON: parked loops keep this between steps, and a 1.5 KB string weighs a tenth of the
+    same dicts. Each step validates it afresh (about 0.1 ms)."""
     meta = body.metadata
     annotations = {k: v for k, v in meta.annotations.items() if k != LAST_APPLIED}
-    return {
+    essence = {
         "metadata": {
             "name": meta.name,
             "namespace": meta.namespace,
@@ -323,10 +306,11 @@ def _essence(body: kopf.Body) -> dict[str, Any]:
         "spec": dict(body.spec),
         "status": dict(body.status),
     }
+    return json.dumps(essence, separators=(",", ":")).encode()
 
 
-def _load(body: Mapping[str, Any]) -> tuple[FineTuneJob, str | None]:
-    raw = {"metadata": dict(body["metadata"]), "spec": dict(body["spec"]), "status": dict(body["status"])}
+def _load(essence: bytes) -> tuple[FineTuneJob, str | None]:
+    raw = json.loads(essence)
     try:
         return FineTuneJob.model_validate(raw), None
     except ValidationError as err:
@@ -358,10 +342,9 @@ async def _catch_up(
 class _Worker:
     """The reconcile loop of one FineTuneJob, fed the newest body by the watch (trimmed: see _essence)."""
 
-    body: dict[str, Any]
+    body: bytes
     wake: asyncio.Event
     task: asyncio.Task[None] | None = None
-    spec: tuple[int | None, FineTuneJobSpec] | None = None  # validated spec of this generation
 
 
 async def _step(
@@ -373,7 +356,7 @@ async def _step(
 ) -> tuple[float | None, _Expected]:
     """One observe -> reconcile -> act. Its own frame, so that the models and manifests it builds are
     freed before the loop sleeps: thousands of parked loops hold only what the next step needs."""
-    job, problem = _load_cached(worker)
+    job, problem = _load(worker.body)
     try:
         if problem is not None:
             decision = invalid_spec(job, problem, dt.datetime.now(dt.UTC))
@@ -412,8 +395,11 @@ async def _lifecycle(
                 requeue_after, backoff = -requeue_after, min(backoff * 2, 60.0)
             else:
                 backoff = 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(worker.wake.wait(), timeout=requeue_after)
+            timer = asyncio.get_running_loop().call_later(requeue_after, worker.wake.set)
+            try:  # a timer, not wait_for: a parked loop is one task, not two
+                await worker.wake.wait()
+            finally:
+                timer.cancel()
     finally:
         if _workers.get(key) is worker:
             del _workers[key]
@@ -472,7 +458,7 @@ async def delete(
     child_jobs: kopf.Index[Any, Any] = kwargs["child_jobs"]
     for observation in list(child_jobs.get((namespace, name), [])):
         await memo.kube.delete("Job", namespace or "", observation.name)
-    job, problem = _load(body)
+    job, problem = _load(_essence(body))
     if problem is not None:
         return
     staging = staging_uri(job, job.status.run_id or run_id(job))

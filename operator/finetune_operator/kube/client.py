@@ -8,14 +8,12 @@ in-cluster service account), reused for every request.
 from __future__ import annotations
 
 import json
-import os
-import ssl
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+
+from finetune_operator.kube import credentials
 
 FIELD_MANAGER = "finetune-operator"
 APPLY = "application/apply-patch+yaml"
@@ -39,16 +37,6 @@ class KubeError(RuntimeError):
         self.message = message
 
 
-def _configuration() -> k8s.Configuration:
-    try:
-        k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        # the client captures $KUBECONFIG when imported; read it now, when asked
-        k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    configuration: k8s.Configuration = k8s.Configuration.get_default_copy()
-    return configuration
-
-
 @dataclass
 class KubeClient:
     server: str
@@ -57,28 +45,16 @@ class KubeClient:
     @classmethod
     def connect(cls, user_agent: str = FIELD_MANAGER) -> KubeClient:
         """Authenticate as kubectl would: in-cluster service account, else the kubeconfig."""
-        conf = _configuration()
-        context = (
-            ssl.create_default_context(cafile=conf.ssl_ca_cert)
-            if conf.ssl_ca_cert
-            else ssl.create_default_context()
-        )
-        if conf.cert_file and conf.key_file:
-            context.load_cert_chain(conf.cert_file, conf.key_file)
-        if not conf.verify_ssl:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        creds = credentials.load()
         headers = {"User-Agent": user_agent}
-        token = conf.api_key.get("authorization") or conf.api_key.get("BearerToken")
-        if token:
-            prefix = conf.api_key_prefix.get("authorization", "Bearer")
-            headers["Authorization"] = token if token.startswith(prefix) else f"{prefix} {token}"
+        if creds.token:
+            headers["Authorization"] = f"Bearer {creds.token}"
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context, limit=64),
+            connector=aiohttp.TCPConnector(ssl=creds.ssl_context, limit=64),
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=30),
         )
-        return cls(conf.host.rstrip("/"), session)
+        return cls(creds.server, session)
 
     async def close(self) -> None:
         await self.session.close()
