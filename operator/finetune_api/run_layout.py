@@ -57,6 +57,10 @@ class DataValidationReport(ApiModel):
     problems: Annotated[list[Text], Field(max_length=50)] = Field(
         default_factory=list, description="The first malformed rows: file, line, field."
     )
+    examples: dict[str, Annotated[list[Text], Field(max_length=5)]] = Field(
+        default_factory=dict,
+        description="Up to five offending rows per check (duplicate, leakage, pii, tie...): where and why.",
+    )
 
 
 class ProgressReport(ApiModel):

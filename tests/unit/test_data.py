@@ -1,0 +1,180 @@
+"""Reading fine-tuning JSONL and the data gates: every format, malformed rows named by file, line and
+field, and planted duplicates, leakage, PII and preference problems caught at the rates planted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from datagen import chat_rows, jsonl, near_copy, preference_rows
+from finetune_api.v1alpha1.common import DatasetFormat
+from finetune_api.v1alpha1.finetunejob import DataGates
+from finetune_trainer.data import gates, pii
+from finetune_trainer.data.rows import MAX_PROBLEMS, read_jsonl
+
+PIXEL = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            "chat",
+        ),
+        ({"prompt": "2+2=", "completion": "4"}, "prompt_completion"),
+        (preference_rows(1)[0], "preference"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "total?"},
+                            {"type": "image_url", "image_url": {"url": PIXEL}},
+                        ],
+                    },
+                    {"role": "assistant", "content": "12.50"},
+                ]
+            },
+            "vision_chat",
+        ),
+        ({"messages": [{"role": "user", "content": "17*3?"}], "reference_answer": "51"}, "rft"),
+        ({"image": "s3://bucket/cat.png", "label": "cat"}, "image_label"),
+    ],
+)
+def test_every_openai_format_is_read_as_is(row: dict, expected: str) -> None:
+    dataset = read_jsonl("train.jsonl", jsonl([row]))
+    assert dataset.problems == []
+    assert dataset.format == expected
+    assert len(dataset.rows) == 1
+
+
+def test_malformed_rows_are_named_by_file_line_and_field() -> None:
+    good = chat_rows(1)[0]
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+        json.dumps({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}),
+        json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
+        "[1, 2]",
+    ]
+    dataset = read_jsonl("s3://data/train.jsonl", "\n".join(lines).encode(), DatasetFormat.CHAT)
+    assert [str(p) for p in dataset.problems] == [
+        "s3://data/train.jsonl:2: invalid JSON: "
+        "Expecting property name enclosed in double quotes at column 2",
+        "s3://data/train.jsonl:3: messages[0].role: 'robot' is not one of "
+        "['assistant', 'developer', 'system', 'tool', 'user']",
+        "s3://data/train.jsonl:4: messages[0].content: expected a string or a list of content parts",
+        "s3://data/train.jsonl:5: messages: no assistant message to learn from",
+        "s3://data/train.jsonl:6: expected a JSON object, got list",
+    ]
+    assert len(dataset.rows) == 1
+    report = gates.run({"training": dataset}, DataGates(min_rows=1)).report
+    assert not report.passed
+    assert report.failed_rules[0].startswith("5 malformed rows (first: s3://data/train.jsonl:2: invalid JSON")
+
+
+def test_many_problems_are_counted_but_only_the_first_kept() -> None:
+    dataset = read_jsonl("t.jsonl", b"{bad\n" * (MAX_PROBLEMS + 25))
+    assert dataset.problem_count == MAX_PROBLEMS + 25
+    assert len(dataset.problems) == MAX_PROBLEMS
+
+
+def test_clean_data_passes() -> None:
+    splits = {
+        "training": read_jsonl("train.jsonl", jsonl(chat_rows(300, seed=1))),
+        "validation": read_jsonl("val.jsonl", jsonl(chat_rows(50, seed=2))),
+    }
+    report = gates.run(splits, DataGates()).report
+    assert report.passed, report.failed_rules
+    assert (report.duplicate_rate, report.leakage_rate, report.pii_findings) == (0.0, 0.0, {})
+    assert report.rows == {"training": 300, "validation": 50}
+
+
+def test_planted_duplicates_and_leakage_are_caught_at_their_rates() -> None:
+    clean = chat_rows(180, seed=3)
+    training = clean + clean[:10] + [near_copy(r) for r in clean[10:20]]  # 10 exact + 10 near of 200
+    validation = chat_rows(45, seed=4) + [near_copy(r) for r in clean[50:55]]  # 5 of 50 leak
+    splits = {
+        "training": read_jsonl("train.jsonl", jsonl(training)),
+        "validation": read_jsonl("val.jsonl", jsonl(validation)),
+    }
+    report = gates.run(splits, DataGates()).report
+    assert report.duplicate_rate == pytest.approx(20 / 200)
+    assert report.leakage_rate == pytest.approx(5 / 50)
+    assert report.failed_rules == [
+        "duplicate rate 10.0% > 2.0% (20 of 200 rows)",
+        "leakage rate 10.0% > 0.0% (5 of 50 evaluation rows repeat training rows)",
+    ]
+    assert report.examples["duplicate"][0] == "train.jsonl:181 exact duplicate of line 1"
+    assert len(report.examples["duplicate"]) == 5  # examples, not the full list
+    assert report.examples["leakage"][0] == "val.jsonl:46 near duplicate of training line 51"
+
+
+def test_pii_is_found_blocked_and_redacted() -> None:
+    rows = chat_rows(40, seed=5)
+    planted = [
+        "mail me at jane.doe@example.com",
+        "card 4111 1111 1111 1111 on file",
+        "ssn 123-45-6789",
+        "call +1 415-555-0132 today",
+    ]
+    for row, text in zip(rows, planted, strict=False):
+        row["messages"][1]["content"] += " " + text
+    rows[10]["messages"][1]["content"] += " order 4111 1111 1111 1112 and version 1.2.3.4.5"  # fails Luhn
+    splits = {"training": read_jsonl("train.jsonl", jsonl(rows))}
+    report = gates.run(splits, DataGates()).report
+    assert report.pii_findings == {"email": 1, "credit_card": 1, "national_id": 1, "phone": 1}
+    assert report.failed_rules == [
+        "PII found: 1 credit_card, 1 email, 1 national_id, 1 phone (dataGates.pii.action Block)"
+    ]
+    redacting = DataGates.model_validate({"pii": {"action": "Redact"}})
+    outcome = gates.run(splits, redacting)
+    assert outcome.report.passed
+    first = outcome.rows["training"][0].data["messages"][1]["content"]
+    assert first.endswith("mail me at [EMAIL]")
+    assert "[CREDIT_CARD]" in outcome.rows["training"][1].data["messages"][1]["content"]
+
+
+def test_pii_detectors_prefer_precision() -> None:
+    assert pii.luhn("4111111111111111")
+    assert not pii.luhn("4111111111111112")
+    kinds = ["email", "phone", "credit_card", "national_id", "ip_address"]
+    found = {f.kind: f.text for f in pii.find("host 10.0.0.1, NINO QQ123456C? no: AB 12 34 56 C", kinds)}
+    assert found == {"ip_address": "10.0.0.1", "national_id": "AB 12 34 56 C"}
+    assert pii.find("ssn 666-12-3456 and 000-12-3456 were never issued", kinds) == []
+    assert pii.find("build 2024-11-23, 12 items at 3.50", kinds) == []
+
+
+def test_preference_hygiene() -> None:
+    rows = preference_rows(60, seed=6)
+    rows[1]["non_preferred_output"] = rows[1]["preferred_output"]  # a tie
+    rows.append(json.loads(json.dumps(rows[2])))  # a repeated pair
+    for row in rows[:40]:
+        row["metadata"] = {"synthetic": True}
+    for row in rows[40:45]:
+        row.setdefault("metadata", {})["adversarial"] = True
+    gates_spec = DataGates.model_validate(
+        {
+            "maxDuplicateRate": 1.0,
+            "preference": {"maxSyntheticShare": 0.5, "adversarialBalance": {"min": 0.1, "max": 0.5}},
+        }
+    )
+    outcome = gates.run({"training": read_jsonl("prefs.jsonl", jsonl(rows))}, gates_spec)
+    report = outcome.report
+    assert report.dropped == {"tie": 1, "duplicate_pair": 1, "synthetic_over_cap": 19}
+    kept = outcome.rows["training"]
+    assert sum(r.synthetic for r in kept) == len(kept) - sum(r.synthetic for r in kept) == 20
+    assert report.examples["tie"] == ["prefs.jsonl:2 preferred and non-preferred outputs are the same"]
+    assert report.failed_rules == []
+    gates_spec.preference.adversarial_balance.min = 0.2  # 5 of 40 = 12.5%
+    report = gates.run({"training": read_jsonl("prefs.jsonl", jsonl(rows))}, gates_spec).report
+    assert report.failed_rules == [
+        "adversarial share 12.5% outside [20%, 50%] (rows with metadata.adversarial: true)"
+    ]
