@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import datetime as dt
 import json
 import logging
@@ -60,6 +61,17 @@ CATCH_UP_SECONDS = 5.0
 STEPS_AT_ONCE = 32  # a burst of new jobs queues here, before anything is built for them
 _workers: dict[tuple[str, str], _Worker] = {}
 INDEXES = ("child_jobs", "child_pods", "child_configs", "child_services")
+LOG = logging.getLogger("finetune_operator")
+
+
+class _JobLog(logging.LoggerAdapter[logging.Logger]):
+    """A job's log lines, prefixed `[namespace/name]` as Kopf prefixes them. Kopf's own object logger keeps
+    the whole body of the event it was made for (to post warnings as Events): held by a parked loop, that
+    is about 20 KB of decoded JSON per job. Transient warnings go to the log only; the story is told by
+    the transition Events and conditions."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{(self.extra or {}).get('ref')}] {msg}", kwargs
 
 
 def _wake(namespace: str | None, name: str | None) -> None:
@@ -256,7 +268,7 @@ def _status_dump(essence: bytes) -> dict[str, Any] | None:
         return None
 
 
-async def _act(decision: Decision, job: FineTuneJob, kube: KubeClient, logger: kopf.Logger) -> _Expected:
+async def _act(decision: Decision, job: FineTuneJob, kube: KubeClient, logger: _JobLog) -> _Expected:
     """Children first, then events, then status: status is the commit point users and reconcile read,
     so whatever it says has already happened and been told."""
     namespace = job.metadata.namespace or ""
@@ -350,7 +362,7 @@ class _Worker:
 async def _step(
     worker: _Worker,
     memo: kopf.Memo,
-    logger: kopf.Logger,
+    logger: _JobLog,
     indexes: dict[str, kopf.Index[Any, Any]],
     backoff: float,
 ) -> tuple[float | None, _Expected]:
@@ -377,7 +389,7 @@ async def _lifecycle(
     worker: _Worker,
     key: tuple[str, str],
     memo: kopf.Memo,
-    logger: kopf.Logger,
+    logger: _JobLog,
     indexes: dict[str, kopf.Index[Any, Any]],
 ) -> None:
     """Reconcile one FineTuneJob until it reaches a terminal phase; cancelled when it is deleted."""
@@ -413,7 +425,6 @@ async def job_changed(
     namespace: str | None,
     name: str,
     memo: kopf.Memo,
-    logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
     """Start, feed or stop the object's reconcile loop. Kopf's daemons would do the same but put a
@@ -430,7 +441,12 @@ async def job_changed(
         return
     worker = _Worker(body=_essence(body), wake=asyncio.Event())
     indexes = {index: kwargs[index] for index in INDEXES}
-    worker.task = asyncio.create_task(_lifecycle(worker, key, memo, logger, indexes))
+    logger = _JobLog(LOG, {"ref": f"{namespace}/{name}"})
+    # A fresh context: a task copies its creator's, and Kopf's context variables hold this event's cause,
+    # whole body included, which the loop would otherwise keep alive for the job's lifetime.
+    worker.task = asyncio.create_task(
+        _lifecycle(worker, key, memo, logger, indexes), context=contextvars.Context()
+    )
     _workers[key] = worker
 
 
