@@ -172,16 +172,18 @@ Text = Annotated[str, Field(max_length=4096)]
 Digest = Annotated[str, Field(max_length=71, pattern=SHA256)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
-# A model or dataset location: an S3 object or prefix, or an absolute path on a volume mounted into the
-# pod (PVC, hostPath, image volume). Relative paths are refused: a pod has no meaningful working dir.
-URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|/[^\s]*)$"
+# A model or dataset location: an S3 object or prefix, an absolute path on a volume mounted into the pod
+# (PVC, hostPath, image volume), or `builtin://` for what the trainer image ships (a small base model and
+# example datasets; `finetune_trainer.builtin`). Relative paths are refused: a pod has no meaningful
+# working dir.
+URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|/[^\s]*|builtin://[a-z0-9][a-z0-9._\-/]*)$"
 Uri = Annotated[
     str,
     Field(
         min_length=2,
         max_length=1024,
         pattern=URI_PATTERN,
-        description="s3://bucket/key, or an absolute path on a mounted volume.",
+        description="s3://bucket/key, a path on a mounted volume, or builtin://NAME (in the trainer image).",
     ),
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from finetune_cli import validate
 
@@ -44,10 +45,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="YAML files or directories ('-' for stdin)")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only")
     p.set_defaults(func=_validate)
+    r = sub.add_parser(
+        "run",
+        help="run a FineTuneJob manifest on this machine, without a cluster",
+        description="Data gates, training (with a progress bar) and holdout scores, as in a cluster, with a "
+        "local folder in place of S3. An unchanged manifest resumes its run.",
+    )
+    r.add_argument("file", type=Path, metavar="FILE", help="a YAML file with one FineTuneJob")
+    r.add_argument("--workdir", type=Path, default=Path("finetune-runs"), help="where runs are kept")
+    r.add_argument("--fresh", action="store_true", help="start the run over instead of resuming it")
+    r.set_defaults(func=_run)
     op = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
     op.add_argument("args", nargs=argparse.REMAINDER)
     op.set_defaults(func=_operator)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from finetune_cli import run  # noqa: PLC0415
+
+    return run.main(args.file, args.workdir, fresh=args.fresh)
 
 
 def _operator(args: argparse.Namespace) -> int:

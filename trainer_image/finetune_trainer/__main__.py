@@ -1,7 +1,9 @@
 """The trainer image's entry point: `python -m finetune_trainer COMMAND --config /etc/finetune/trainer.json`.
 
-Commands: `validate-data` (the data gates; CPU). The contract file is the operator's ConfigMap (or the
-downward-API annotation for validation) or, locally, what `finetune run` writes.
+Commands: `validate-data` (the data gates; CPU), `train` (one run of the method, resumable) and
+`score-holdout` (exact match on the holdout split, of the base model or the newest checkpoint). The
+contract file is the operator's ConfigMap (or the downward-API annotation for validation) or, locally, what
+`finetune run` writes.
 """
 
 from __future__ import annotations
@@ -17,15 +19,31 @@ from finetune_api.trainer_config import CONFIG_PATH, TrainerConfig
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finetune_trainer")
-    parser.add_argument("command", choices=["validate-data"])
+    parser.add_argument("command", choices=["validate-data", "train", "score-holdout"])
     parser.add_argument("--config", type=Path, default=Path(CONFIG_PATH))
+    parser.add_argument("--workdir", type=Path, default=None, help="local scratch (default /scratch/run)")
+    parser.add_argument(
+        "--checkpoint",
+        choices=["base", "latest"],
+        default="latest",
+        help="score-holdout: which model to score",
+    )
     args = parser.parse_args(argv)
     try:
         config = TrainerConfig.model_validate_json(args.config.read_text())
     except (OSError, ValidationError) as err:
         print(f"cannot read the trainer contract {args.config}: {err}", file=sys.stderr)
         return 2
-    from finetune_trainer import validate  # noqa: PLC0415 (the heavy imports only for the command run)
+    if args.command == "score-holdout":
+        from finetune_trainer import train  # noqa: PLC0415
+        from finetune_trainer.evaluation import task  # noqa: PLC0415
+
+        return task.main(config, args.checkpoint, train.workdir(args.workdir))
+    if args.command == "train":
+        from finetune_trainer import train  # noqa: PLC0415 (the heavy imports only for the command run)
+
+        return train.main(config, args.workdir)
+    from finetune_trainer import validate  # noqa: PLC0415
 
     return validate.main(config)
 

@@ -1,5 +1,5 @@
-"""Locations a trainer reads and writes: `s3://bucket/key` through boto3, or local paths (`file://` or
-plain), so `finetune run` and tests work without object storage.
+"""Locations a trainer reads and writes: `s3://bucket/key` through boto3, local paths (`file://` or plain),
+so `finetune run` and tests work without object storage, and `builtin://` files the image ships.
 
 Credentials come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, set from the job's
 Secret); the endpoint and addressing style from the contract. Objects are replaced whole: an S3 PUT is
@@ -22,6 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from finetune_api.trainer_config import StorageTarget
+from finetune_trainer import builtin
 
 
 class StorageError(RuntimeError):
@@ -50,6 +51,8 @@ class Store:
             return body
         try:
             return local_path(uri).read_bytes()
+        except builtin.BuiltinError as err:
+            raise StorageError(str(err)) from err
         except OSError as err:
             raise StorageError(f"cannot read {uri}: {err.strerror}") from err
 
@@ -138,6 +141,8 @@ def split(uri: str) -> tuple[str, str]:
 
 
 def local_path(uri: str) -> Path:
+    if builtin.is_builtin(uri):
+        return builtin.resolve(uri)
     return Path(uri.removeprefix("file://")).expanduser()
 
 

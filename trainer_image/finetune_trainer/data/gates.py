@@ -15,6 +15,7 @@ Pure: rows in, a report and the rows to train on out. Reading files is `validate
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections import Counter
@@ -136,7 +137,7 @@ def _repeats(
     index = _Index()
     duplicates = 0
     for row in kept["training"]:
-        sketch = _sketch(row.text)
+        sketch = _sketch(row.similarity_text)
         match = index.match(sketch)
         if match is not None:
             duplicates += 1
@@ -155,7 +156,7 @@ def _repeats(
     for name in ("validation", "holdout"):
         for row in kept.get(name, []):
             evaluated += 1
-            match = index.match(_sketch(row.text))
+            match = index.match(_sketch(row.similarity_text))
             if match is not None:
                 leaked += 1
                 where = f"{splits[name].name}:{row.line}"
@@ -239,6 +240,5 @@ def redact_row(row: Row, kinds: Sequence[str]) -> Row:
             return {k: v if k == "url" else walk(v) for k, v in value.items()}
         return value
 
-    return Row(
-        row.line, walk(row.data), pii.redact(row.text, kinds), row.images, row.synthetic, row.adversarial
-    )
+    own = None if row.own_text is None else pii.redact(row.own_text, kinds)
+    return dataclasses.replace(row, data=walk(row.data), text=pii.redact(row.text, kinds), own_text=own)

@@ -17,6 +17,7 @@ from finetune_api.v1alpha1.common import DatasetFormat
 
 MAX_PROBLEMS = 50
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+SHARED_PROMPTS = ("system: ", "developer: ")
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,17 @@ class Problem:
 class Row:
     line: int
     data: dict[str, Any]
-    text: str  # every text the model sees or learns, for duplicate, leakage and PII checks
+    text: str  # every text the model sees or learns: the PII scan reads it
     images: tuple[str, ...] = ()
     synthetic: bool = False
     adversarial: bool = False
+    # what makes the row itself, for duplicate and leakage checks: without system/developer prompts, which
+    # datasets share across rows and would make every row a near-duplicate of every other
+    own_text: str | None = None
+
+    @property
+    def similarity_text(self) -> str:
+        return self.text if self.own_text is None else self.own_text
 
 
 @dataclass
@@ -124,7 +132,8 @@ def parse(fmt: DatasetFormat, line: int, data: dict[str, Any]) -> Row:
             texts += [
                 f"{k}={json.dumps(v)}" for k, v in sorted(data.items()) if k not in ("messages", "metadata")
             ]
-        return Row(line, data, "\n".join(texts), tuple(images), **flags)
+        own = "\n".join(t for t in texts if not t.startswith(SHARED_PROMPTS))
+        return Row(line, data, "\n".join(texts), tuple(images), **flags, own_text=own)
     if fmt == DatasetFormat.PROMPT_COMPLETION:
         prompt, completion = _string(data, "prompt", empty=True), _string(data, "completion")
         return Row(line, data, f"{prompt}\n{completion}", **flags)
@@ -135,7 +144,9 @@ def parse(fmt: DatasetFormat, line: int, data: dict[str, Any]) -> Row:
         texts, _ = _messages(source.get("messages"), "input.messages", need_assistant=False)
         chosen, _ = _messages(data.get("preferred_output"), "preferred_output", need_assistant=True)
         rejected, _ = _messages(data.get("non_preferred_output"), "non_preferred_output", need_assistant=True)
-        return Row(line, data, "\n".join([*texts, "<chosen>", *chosen, "<rejected>", *rejected]), **flags)
+        outputs = ["<chosen>", *chosen, "<rejected>", *rejected]
+        context = [t for t in texts if not t.startswith(SHARED_PROMPTS)]
+        return Row(line, data, "\n".join(texts + outputs), **flags, own_text="\n".join(context + outputs))
     if fmt == DatasetFormat.IMAGE_LABEL:
         image, label = _string(data, "image"), _string(data, "label")
         _image_uri(image, "image")

@@ -1,0 +1,210 @@
+"""`finetune run FILE.yaml`: one FineTuneJob manifest, executed on this machine without a cluster.
+
+The same path as in a cluster, in the same order, with the same trainer commands the operator's Jobs run
+(`python -m finetune_trainer validate-data|train`): the manifest is checked as the API server would check
+it, the data gates run, "auto" hyperparameters are resolved from the validated row count by the same rule,
+and training writes progress and checkpoints to a local staging folder laid out as in S3
+(`<workdir>/<namespace>/<name>/<runId>/`). With a holdout split, the base model and the trained one are
+scored on it (`score-holdout`) and both figures are printed.
+
+The run id is the job's name and a digest of its spec: running an unchanged manifest again resumes (or
+finds the run complete); any change starts a new run. `--fresh` starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from finetune_api.hyperparameters import resolve
+from finetune_api.run_layout import DATA_REPORT, PROGRESS, DataValidationReport, ProgressReport
+from finetune_api.trainer_config import StorageTarget, TrainerConfig, build_trainer_config
+from finetune_api.v1alpha1 import FineTuneJob
+from finetune_cli import validate
+
+POLL_SECONDS = 2.0
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def load_job(path: Path) -> FineTuneJob:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise RunError(f"{path}: cannot read: {err.strerror}") from err
+    results = validate.validate_text(text, str(path))
+    problems = [f"{r.label}: {p}" for r in results for p in r.problems]
+    if problems:
+        raise RunError("\n".join(problems))
+    jobs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+    if len(jobs) != 1:
+        raise RunError(f"{path}: expected one FineTuneJob, found {len(jobs)}")
+    try:
+        return FineTuneJob.model_validate(jobs[0])
+    except ValidationError as err:  # validate_text has already said why; this is a safety net
+        raise RunError(str(err)) from err
+
+
+def run_id(job: FineTuneJob) -> str:
+    spec = json.dumps(job.spec.model_dump(mode="json", exclude={"suspend", "run_policy"}), sort_keys=True)
+    return f"{job.metadata.name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+
+
+def contract(job: FineTuneJob, staging: Path, resolved: Any) -> TrainerConfig:
+    config = build_trainer_config(job, run_id=staging.name, resolved=resolved)
+    local = StorageTarget(staging_uri=str(staging.resolve()) + "/")
+    return config.model_copy(update={"storage": local, "distributed": config.distributed.model_copy()})
+
+
+def _trainer(command: str, config_file: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "finetune_trainer", command, "--config", str(config_file), *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+def _finish(process: subprocess.Popen[bytes], what: str, log: Path) -> int:
+    code = process.wait()
+    if code != 0:
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        print(f"\n{what} failed (exit {code}); the end of {log}:", file=sys.stderr)
+        print("\n".join(f"  {line}" for line in tail), file=sys.stderr)
+    return code
+
+
+def _bar(report: ProgressReport, started: float) -> str:
+    width = 30
+    done = int(width * report.step / report.total_steps)
+    parts = [f"[{'#' * done}{'.' * (width - done)}] step {report.step}/{report.total_steps}"]
+    if report.loss is not None:
+        parts.append(f"loss {report.loss:.4f}")
+    if report.eval_loss is not None:
+        parts.append(f"eval {report.eval_loss:.4f}")
+    if report.tokens_per_second:
+        parts.append(f"{report.tokens_per_second:.0f} tok/s")
+    elapsed = time.monotonic() - started
+    if report.step:
+        parts.append(f"eta {max(0.0, elapsed / report.step * (report.total_steps - report.step)):.0f}s")
+    return "  ".join(parts)
+
+
+def _watch(process: subprocess.Popen[bytes], staging: Path) -> None:
+    """Draw the progress bar from progress.json while training runs (one line per update off a TTY)."""
+    started, shown = time.monotonic(), ""
+    tty = sys.stdout.isatty()
+    while process.poll() is None:
+        time.sleep(POLL_SECONDS)
+        try:
+            report = ProgressReport.model_validate_json((staging / PROGRESS).read_bytes())
+        except (OSError, ValidationError):
+            continue
+        line = _bar(report, started)
+        if tty:
+            print("\r" + line, end="", flush=True)
+        elif report.updated_at.isoformat() != shown:  # off a TTY, one line per report
+            print(line, flush=True)
+        shown = report.updated_at.isoformat()
+    if tty and shown:
+        print()
+
+
+def _score(config_file: Path, staging: Path, which: str, log: Path, workdir: Path) -> float | None:
+    process = _trainer("score-holdout", config_file, log, "--checkpoint", which, "--workdir", str(workdir))
+    if _finish(process, f"score-holdout ({which})", log) != 0:
+        return None
+    result = json.loads((staging / f"holdout-{which}.json").read_text())
+    return float(result["exact_match"])
+
+
+def main(path: Path, workdir: Path, *, fresh: bool = False) -> int:
+    try:
+        job = load_job(path)
+    except RunError as err:
+        print(err, file=sys.stderr)
+        return 1
+    namespace = job.metadata.namespace or "default"
+    staging = (workdir / namespace / job.metadata.name / run_id(job)).resolve()
+    if fresh:
+        shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, exist_ok=True)
+    scratch = staging.parent / f".{staging.name}.scratch"
+    log = staging / "trainer.log"
+    config_file = staging / "trainer.json"
+    started = time.monotonic()
+    print(f"{job.metadata.name}: {job.spec.method} ({job.spec.adapter.type}) of {job.spec.base_model.uri}")
+    print(f"run {staging.name}, staging {staging}, log {log}")
+
+    config_file.write_text(contract(job, staging, None).model_dump_json(by_alias=True, indent=2))
+    if _finish(_trainer("validate-data", config_file, log), "validate-data", log) != 0:
+        report_file = staging / DATA_REPORT
+        if report_file.exists():
+            report = DataValidationReport.model_validate_json(report_file.read_bytes())
+            for rule in report.failed_rules:
+                print(f"  data gate: {rule}", file=sys.stderr)
+        return 1
+    report = DataValidationReport.model_validate_json((staging / DATA_REPORT).read_bytes())
+    print(f"data gates passed: {report.rows}")
+    spec = job.spec
+    resolved = resolve(
+        spec.hyperparameters, rows=report.rows["training"], method=spec.method, adapter=spec.adapter.type
+    )
+    config = contract(job, staging, resolved)
+    config_file.write_text(config.model_dump_json(by_alias=True, indent=2))
+    print(
+        f"hyperparameters: {resolved.epochs} epochs, batch size {resolved.batch_size}, "
+        f"learning rate {resolved.learning_rate:g}"
+    )
+    before = None
+    if spec.datasets.holdout is not None and not (staging / "holdout-base.json").exists():
+        before = _score(config_file, staging, "base", log, scratch)
+    elif (staging / "holdout-base.json").exists():
+        before = json.loads((staging / "holdout-base.json").read_text())["exact_match"]
+    if before is not None:
+        print(f"holdout exact match before training: {before:.1%}")
+    train_started = time.monotonic()
+    process = _trainer("train", config_file, log, "--workdir", str(scratch))
+    _watch(process, staging)
+    if _finish(process, "train", log) != 0:
+        return 1
+    trained = time.monotonic() - train_started
+    after = (
+        _score(config_file, staging, "latest", log, scratch) if spec.datasets.holdout is not None else None
+    )
+    _summary(staging, trained, time.monotonic() - started, before, after)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def _summary(staging: Path, trained: float, total: float, before: float | None, after: float | None) -> None:
+    progress = ProgressReport.model_validate_json((staging / PROGRESS).read_bytes())
+    checkpoints = sorted(p.parent.name for p in (staging / "checkpoints").glob("*/COMPLETE"))
+    print(f"\ntrained {progress.step}/{progress.total_steps} steps in {trained:.0f} s ({total:.0f} s in all)")
+    if progress.loss is not None:
+        print(
+            f"final loss {progress.loss:.4f}"
+            + (f", eval loss {progress.eval_loss:.4f}" if progress.eval_loss else "")
+        )
+    print(f"checkpoints: {', '.join(checkpoints)} in {staging / 'checkpoints'}")
+    if before is not None and after is not None:
+        print(f"holdout exact match: {before:.1%} before -> {after:.1%} after")

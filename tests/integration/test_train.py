@@ -1,0 +1,205 @@
+"""`python -m finetune_trainer train` on tiny models: it trains, checkpoints to staging (S3 or local) with
+the marker last, reports progress, and resumes after a SIGKILL from the last complete checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from datagen import chat_rows, jsonl
+from finetune_api.hyperparameters import Resolved
+from finetune_api.trainer_config import StorageTarget, build_trainer_config
+from finetune_api.v1alpha1 import FineTuneJob
+from s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from s3server import client as s3_client
+from tinymodels import causal_lm
+
+ENV = {"HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    corpus = [m["content"] for row in chat_rows(300) for m in row["messages"]]
+    return causal_lm(tmp_path_factory.mktemp("tiny") / "model", corpus)
+
+
+def job(
+    model: Path, data: Path, *, adapter: str = "lora", save_steps: int = 2, validation: bool = True
+) -> FineTuneJob:
+    datasets: dict[str, Any] = {"training": {"uri": str(data / "train.jsonl"), "format": "chat"}}
+    if validation:
+        datasets["validation"] = {"uri": str(data / "val.jsonl"), "format": "chat"}
+    return FineTuneJob.model_validate(
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "tiny", "namespace": "test", "uid": str(uuid.uuid4())},
+            "spec": {
+                "method": "sft",
+                "baseModel": {"uri": str(model)},
+                "datasets": datasets,
+                "adapter": {"type": adapter},
+                "checkpointing": {"saveSteps": save_steps, "keepLast": 2},
+                "storage": {"bucket": "unused"},
+            },
+        }
+    )
+
+
+def contract(
+    tmp: Path,
+    model: Path,
+    staging: str,
+    *,
+    rows: int = 32,
+    epochs: int = 2,
+    endpoint: str | None = None,
+    **kw: Any,
+) -> Path:
+    data = tmp / "data"
+    data.mkdir(exist_ok=True)
+    (data / "train.jsonl").write_bytes(jsonl(chat_rows(rows, seed=1)))
+    (data / "val.jsonl").write_bytes(jsonl(chat_rows(8, seed=2)))
+    config = build_trainer_config(
+        job(model, data, **kw),
+        run_id="tiny-1",
+        resolved=Resolved(epochs=epochs, batch_size=4, learning_rate=5e-3),
+    )
+    config = config.model_copy(update={"storage": StorageTarget(endpoint=endpoint, staging_uri=staging)})
+    hp = config.hyperparameters
+    assert hp is not None
+    config = config.model_copy(update={"hyperparameters": hp.model_copy(update={"max_seq_length": 128})})
+    path = tmp / "trainer.json"
+    path.write_text(config.model_dump_json(by_alias=True))
+    return path
+
+
+def train(config: Path, workdir: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "finetune_trainer",
+            "train",
+            "--config",
+            str(config),
+            "--workdir",
+            str(workdir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **ENV, **(env or {})},
+    )
+
+
+@pytest.mark.integration
+def test_lora_sft_trains_and_checkpoints_to_s3(s3: S3Server, tiny: Path, tmp_path: Path) -> None:
+    bucket = f"staging-{uuid.uuid4().hex[:8]}"
+    client = s3_client(s3.endpoint)
+    client.create_bucket(Bucket=bucket)
+    staging = f"s3://{bucket}/test/tiny/tiny-1/"
+    config = contract(tmp_path, tiny, staging, endpoint=s3.endpoint)
+    process = train(
+        config, tmp_path / "work", {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    )
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    root = "test/tiny/tiny-1/"
+    markers = {
+        k.split("/")[-2]: json.loads(client.get_object(Bucket=bucket, Key=k)["Body"].read())
+        for k in keys
+        if k.endswith("/COMPLETE")
+    }
+    # 32 rows / 4 x 2 epochs = 16 steps, saved every 2: the last two stay, and the best by eval loss
+    best = min(markers.values(), key=lambda m: (m["metrics"]["eval_loss"], -m["step"]))
+    assert set(markers) == {"step-000000014", "step-000000016", f"step-{best['step']:09d}"}
+    assert all(not k.startswith(f"{root}checkpoints/step-000000002/") for k in keys)  # pruned whole
+    last = f"{root}checkpoints/step-000000016/"
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "trainer_state.json",
+        "finetune/contract.json",
+        "finetune/datasets.json",
+        "finetune/versions.json",
+    ):
+        assert last + name in keys, name
+    assert markers["step-000000016"]["step"] == 16
+    datasets = json.loads(
+        client.get_object(Bucket=bucket, Key=last + "finetune/datasets.json")["Body"].read()
+    )
+    assert datasets["training"]["rows"] == 32
+    assert len(datasets["training"]["sha256"]) == 64
+    progress = json.loads(client.get_object(Bucket=bucket, Key=root + "progress.json")["Body"].read())
+    assert progress["step"] == progress["totalSteps"] == 16
+    assert progress["loss"] is not None
+
+    weights = tmp_path / "adapter.safetensors"
+    weights.write_bytes(
+        client.get_object(Bucket=bucket, Key=last + "adapter_model.safetensors")["Body"].read()
+    )
+    lora_b = [t for name, t in load_file(weights).items() if "lora_B" in name]
+    assert lora_b
+    assert all(t.abs().sum() > 0 for t in lora_b)  # LoRA B starts at zero: every adapter learned
+
+
+@pytest.mark.integration
+def test_full_fine_tuning_changes_the_weights(tiny: Path, tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    config = contract(
+        tmp_path, tiny, f"{staging}/", adapter="full", save_steps=100, epochs=1, validation=False
+    )
+    process = train(config, tmp_path / "work")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    (final,) = staging.glob("checkpoints/*/COMPLETE")  # only the last step saves: the model is a checkpoint
+    assert final.parent.name == "step-000000008"
+    base, trained = load_file(tiny / "model.safetensors"), load_file(final.parent / "model.safetensors")
+    changed = [name for name in base if not (base[name] == trained[name]).all()]
+    assert len(changed) > len(base) // 2
+
+
+@pytest.mark.integration
+def test_sigkill_resumes_from_the_last_complete_checkpoint(tiny: Path, tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    checkpoints = staging / "checkpoints"
+    config = contract(tmp_path, tiny, f"{staging}/", rows=160, epochs=3, save_steps=5, validation=False)
+    total = 160 // 4 * 3
+    first = train(config, tmp_path / "work")
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("*/COMPLETE")):
+        assert first.poll() is None, first.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    done = sorted(int(p.parent.name.removeprefix("step-")) for p in checkpoints.glob("*/COMPLETE"))
+    assert done[-1] < total
+    partial = checkpoints / "step-000000099"  # a save cut short: files, no marker
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"torn")
+
+    second = train(config, tmp_path / "work2")
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    assert f"resuming from step {done[-1]}" in output
+    assert f"training complete at step {total}" in output
+    progress = json.loads((staging / "progress.json").read_text())
+    assert progress["step"] == progress["totalSteps"] == total
+    state = json.loads((checkpoints / f"step-{total:09d}" / "trainer_state.json").read_text())
+    assert state["global_step"] == total
+    assert not (partial / "COMPLETE").exists()

@@ -1,0 +1,121 @@
+"""Checkpoints in the run's staging prefix, and resuming from the newest complete one.
+
+The Trainer saves `checkpoint-N/` locally (weights as safetensors, adapter or full; tokenizer/processor;
+optimizer, scheduler and RNG state). `StagingCheckpoints.on_save` adds what a reader of the checkpoint needs
+to trust it (`finetune/contract.json` the resolved contract, `finetune/datasets.json` the digests of the
+data trained on, `finetune/versions.json` the library versions, `finetune/metrics.json`), uploads the
+folder to `checkpoints/step-NNNNNNNNN/`, and writes the `COMPLETE` marker last. Then it prunes: the last
+`keepLast` complete checkpoints stay, and so does the one with the lowest eval loss (the operator records
+it as the best). Pruning removes a marker before the files, so a half-deleted checkpoint is never
+complete either.
+
+Resume: `latest_complete` finds the newest step with a marker; `restore` downloads it into the local
+output folder, where `Trainer.train(resume_from_checkpoint=...)` continues from that step.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from finetune_api.run_layout import CHECKPOINTS, COMPLETE_MARKER, CheckpointMarker, checkpoint_prefix, step_of
+from finetune_trainer.storage import Store, join
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "finetune-operator")
+
+
+def library_versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def complete_markers(store: Store, staging_uri: str) -> list[CheckpointMarker]:
+    markers = []
+    for uri in store.list(join(staging_uri, CHECKPOINTS)):
+        if step_of(uri) is not None:
+            markers.append(CheckpointMarker.model_validate_json(store.read_bytes(uri)))
+    return sorted(markers, key=lambda m: m.step)
+
+
+def latest_complete(store: Store, staging_uri: str) -> int | None:
+    markers = complete_markers(store, staging_uri)
+    return markers[-1].step if markers else None
+
+
+def restore(store: Store, staging_uri: str, step: int, output_dir: Path) -> Path:
+    """Download checkpoint `step` to `output_dir/checkpoint-<step>` (Trainer's layout) and return it."""
+    local = output_dir / f"checkpoint-{step}"
+    shutil.rmtree(local, ignore_errors=True)
+    store.download_prefix(join(staging_uri, checkpoint_prefix(step)), local)
+    (local / COMPLETE_MARKER).unlink(missing_ok=True)
+    return local
+
+
+class StagingCheckpoints(TrainerCallback):
+    def __init__(self, store: Store, staging_uri: str, *, keep_last: int, provenance: dict[str, Any]) -> None:
+        self.store = store
+        self.staging = staging_uri
+        self.keep_last = keep_last
+        self.provenance = provenance  # name -> JSON value, written beside every checkpoint
+        self.metrics: dict[str, float] = {}
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any
+    ) -> None:
+        for key, value in (logs or {}).items():
+            wanted = key in ("loss", "grad_norm", "learning_rate") or key.startswith("eval_")
+            if wanted and isinstance(value, int | float):
+                self.metrics[key] = float(value)
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        step = state.global_step
+        local = Path(args.output_dir) / f"checkpoint-{step}"
+        extra = local / "finetune"
+        extra.mkdir(exist_ok=True)
+        for name, value in {
+            **self.provenance,
+            "versions": library_versions(),
+            "metrics": self.metrics,
+        }.items():
+            (extra / f"{name}.json").write_text(json.dumps(value, indent=2, default=str))
+        prefix = join(self.staging, checkpoint_prefix(step))
+        self.store.upload_dir(local, prefix)
+        marker = CheckpointMarker(step=step, metrics=dict(self.metrics), created_at=datetime.now(UTC))
+        self.store.write_bytes(join(prefix, COMPLETE_MARKER), marker.model_dump_json(by_alias=True).encode())
+        self._prune()
+
+    def _prune(self) -> None:
+        markers = complete_markers(self.store, self.staging)
+        keep = {m.step for m in markers[-self.keep_last :]}
+        scored = [m for m in markers if "eval_loss" in m.metrics]
+        if scored:
+            keep.add(min(scored, key=lambda m: (m.metrics["eval_loss"], -m.step)).step)
+        for marker in markers:
+            if marker.step in keep:
+                continue
+            prefix = join(self.staging, checkpoint_prefix(marker.step))
+            self.store.delete(join(prefix, COMPLETE_MARKER))
+            for uri in self.store.list(prefix):
+                self.store.delete(uri)
+
+
+class SaveAtEnd(TrainerCallback):
+    """The last step always saves, whatever the save interval: the finished model is a checkpoint."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> Any:
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+        return control

@@ -1,0 +1,80 @@
+"""One module per method, each wrapping its TRL trainer: `build(run) -> Trainer`.
+
+`Run` carries what every method needs: the contract, the local model folder, the cleaned rows (after the
+data gates: duplicates and ties dropped, PII redacted when the policy says so), and the arguments every
+method shares (`common_args`), so a method module only adds what is its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_api.trainer_config import ResolvedHyperparameters, TrainerConfig
+from finetune_trainer.data.rows import Row
+
+
+@dataclass
+class Run:
+    config: TrainerConfig
+    model_dir: Path
+    output_dir: Path
+    train_rows: list[Row]
+    eval_rows: list[Row]
+    gpu: bool
+    world_size: int = 1
+    callbacks: list[Any] = field(default_factory=list)
+
+    @property
+    def hp(self) -> ResolvedHyperparameters:
+        assert self.config.hyperparameters is not None
+        return self.config.hyperparameters
+
+    def per_device_batch(self) -> int:
+        """`batchSize` is the batch of one optimizer step, across devices and accumulation (as OpenAI's)."""
+        return max(
+            1,
+            math.ceil(int(self.hp.batch_size) / (self.world_size * int(self.hp.gradient_accumulation_steps))),
+        )
+
+    def steps_per_epoch(self) -> int:
+        per_step = self.per_device_batch() * self.world_size * int(self.hp.gradient_accumulation_steps)
+        return max(1, math.ceil(len(self.train_rows) / per_step))
+
+    def common_args(self) -> dict[str, Any]:
+        """TrainingArguments every method shares: schedule, precision, checkpoint and eval cadence."""
+        hp = self.hp
+        total = self.steps_per_epoch() * hp.epochs
+        save_steps = self.config.checkpointing.save_steps or self.steps_per_epoch()
+        evaluating = bool(self.eval_rows)
+        args: dict[str, Any] = {
+            "output_dir": str(self.output_dir),
+            "num_train_epochs": hp.epochs,
+            "per_device_train_batch_size": self.per_device_batch(),
+            "per_device_eval_batch_size": self.per_device_batch(),
+            "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+            "learning_rate": hp.learning_rate,
+            "warmup_steps": hp.warmup_ratio,  # a float below 1 is a ratio of the total steps
+            "weight_decay": hp.weight_decay,
+            "lr_scheduler_type": "linear",
+            "seed": hp.seed,
+            "bf16": self.gpu,  # never on CPU: no bf16 kernels here, 13x slower
+            "activation_checkpointing": False,
+            "logging_steps": max(1, min(10, total // 20)),
+            "save_strategy": "steps",
+            "save_steps": save_steps,
+            "save_total_limit": 2,  # local copies; staging keeps `keepLast`
+            "eval_strategy": "steps" if evaluating else "no",
+            "eval_steps": save_steps if evaluating else None,
+            "include_num_input_tokens_seen": True,
+            "report_to": [],
+            "disable_tqdm": True,
+            "dataloader_num_workers": 0,
+        }
+        early = self.config.early_stopping
+        if early is not None and evaluating:
+            metric = "eval_loss" if early.metric == "eval_loss" else "eval_reward"
+            args |= {"metric_for_best_model": metric, "greater_is_better": metric != "eval_loss"}
+        return args

@@ -1,0 +1,99 @@
+"""SFT: TRL's SFTTrainer on chat or prompt/completion rows, loss on what the assistant says only.
+
+Rows are tokenized here, not by TRL, so the loss mask follows OpenAI's semantics for any chat template:
+every assistant message is learned (or the completion, for prompt/completion rows) unless it carries
+`"weight": 0`; system, user and tool text is context. The mask comes from rendering the conversation
+message by message with the model's own chat template and marking the characters each assistant turn
+adds (its content and end-of-turn token). `packing` packs rows into `maxSeqLength` windows without
+padding (TRL's best-fit decreasing, with position ids so rows do not attend across each other).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from trl import SFTConfig, SFTTrainer
+
+from finetune_trainer.data.rows import Row
+from finetune_trainer.methods import Run
+from finetune_trainer.models import load_kwargs, peft_config
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with text content parts joined, and OpenAI's `weight` removed (templates do not know it)."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        out.append({k: v for k, v in message.items() if k != "weight"} | {"content": content or ""})
+    return out
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], *, prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    return str(text)
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, data: dict[str, Any], max_length: int) -> dict[str, list[int]]:
+    """input_ids and assistant_masks (1 = learned) for one chat or prompt/completion row."""
+    if "messages" in data:
+        original = data["messages"]
+        messages = plain_messages(original)
+        full = _render(tokenizer, messages, prompt=False)
+        spans = []
+        for i, message in enumerate(original):
+            if message.get("role") != "assistant" or message.get("weight") == 0:
+                continue
+            before = _render(tokenizer, messages[:i], prompt=True)
+            upto = _render(tokenizer, messages[: i + 1], prompt=False)
+            if not (full.startswith(upto) and upto.startswith(before)):
+                raise TemplateError(
+                    "the model's chat template renders a conversation differently from its own prefixes, so "
+                    "the assistant turns cannot be located for the loss mask"
+                )
+            spans.append((len(before), len(upto)))
+    else:
+        prompt, completion = data["prompt"], data["completion"]
+        full = prompt + completion + (tokenizer.eos_token or "")
+        spans = [(len(prompt), len(full))]
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(lo <= start < hi for lo, hi in spans)) for start, _ in encoded["offset_mapping"]]
+    return {"input_ids": encoded["input_ids"][:max_length], "assistant_masks": mask[:max_length]}
+
+
+def dataset(tokenizer: PreTrainedTokenizerBase, rows: list[Row], max_length: int) -> Dataset:
+    return Dataset.from_list([encode(tokenizer, row.data, max_length) for row in rows])
+
+
+def build(run: Run) -> SFTTrainer:
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        run.model_dir, **load_kwargs(run.config.adapter, gpu=run.gpu)
+    )
+    packing = run.hp.packing
+    args = SFTConfig(
+        **run.common_args(),
+        max_length=run.hp.max_seq_length,
+        packing=packing,
+        padding_free=packing,
+        dataset_num_proc=None,
+    )
+    max_length = run.hp.max_seq_length
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset(tokenizer, run.train_rows, max_length),
+        eval_dataset=dataset(tokenizer, run.eval_rows, max_length) if run.eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=peft_config(run.config.adapter),
+        callbacks=run.callbacks,
+    )

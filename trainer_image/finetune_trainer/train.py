@@ -1,0 +1,125 @@
+"""`train`: one run of the contract's method, from the newest complete checkpoint if there is one.
+
+Sequence (each step fails with a message that says what to change, exit 1):
+1. read the datasets and run the data gates again: the rows trained on are the rows validation passed
+   (duplicates and ties dropped, PII redacted under `Redact`), and their digests go into every checkpoint;
+2. resolve the base model (`models.materialize`), pick the method module, add the callbacks: progress
+   (`progress.json` + Prometheus), staging checkpoints (marker last), save at the last step, early stopping;
+3. resume from the newest complete checkpoint under the staging prefix (same run id = same prefix);
+4. train; exit 0 only when the run is complete (its last step, or an early stop, saved as a checkpoint).
+
+Single process on CPU, or under torchrun (WORLD_SIZE/RANK/LOCAL_RANK from the environment) on GPUs; only
+rank 0 writes to storage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from finetune_api.trainer_config import TrainerConfig
+from finetune_trainer import validate
+from finetune_trainer.checkpoints import SaveAtEnd, StagingCheckpoints, latest_complete, restore
+from finetune_trainer.data import gates
+from finetune_trainer.methods import Run
+from finetune_trainer.models import ModelError, materialize
+from finetune_trainer.progress import Metrics, ProgressReporter
+from finetune_trainer.storage import StorageError, Store
+
+METHODS = {"sft": "finetune_trainer.methods.sft"}
+SCRATCH_ENV = "FINETUNE_WORKDIR"
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+def workdir(given: Path | None) -> Path:
+    chosen = given or (Path(os.environ[SCRATCH_ENV]) if os.environ.get(SCRATCH_ENV) else None)
+    if chosen is None:
+        chosen = (
+            Path("/scratch/run") if Path("/scratch").is_dir() else Path(tempfile.mkdtemp(prefix="finetune-"))
+        )
+    chosen.mkdir(parents=True, exist_ok=True)
+    return chosen
+
+
+def prepare(config: TrainerConfig, store: Store, scratch: Path) -> tuple[Run, dict[str, Any]]:
+    if config.hyperparameters is None:
+        raise TrainError(
+            "the contract has no hyperparameters: train needs them resolved (validate-data does not)"
+        )
+    module_name = METHODS.get(str(config.method))
+    if module_name is None:
+        raise TrainError(f"method {config.method} is not available in this trainer image")
+    loaded = validate.load(config, store)
+    if loaded.failures or "training" not in loaded.splits:
+        raise TrainError("; ".join(loaded.failures) or "no training data")
+    outcome = gates.run(loaded.splits, config.data_gates)
+    if not outcome.report.passed:
+        raise TrainError("data gates failed: " + "; ".join(outcome.report.failed_rules))
+    import torch  # noqa: PLC0415
+
+    gpu = torch.cuda.is_available()
+    run = Run(
+        config=config,
+        model_dir=materialize(config.base_model, store, scratch),
+        output_dir=scratch / "checkpoints",
+        train_rows=outcome.rows["training"],
+        eval_rows=outcome.rows.get("validation", []),
+        gpu=gpu,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+    )
+    provenance = {
+        "contract": config.model_dump(mode="json", by_alias=True),
+        "datasets": {
+            name: {"sha256": digest, "rows": outcome.report.rows.get(name, 0)}
+            for name, digest in loaded.digests.items()
+        },
+    }
+    return run, provenance
+
+
+def main(config: TrainerConfig, workdir_path: Path | None = None) -> int:
+    store = Store.for_target(config.storage)
+    staging = config.storage.staging_uri
+    scratch = workdir(workdir_path)
+    try:
+        run, provenance = prepare(config, store, scratch)
+        resume_step = latest_complete(store, staging)
+        resume = restore(store, staging, resume_step, run.output_dir) if resume_step is not None else None
+        metrics = Metrics()
+        if int(os.environ.get("RANK", "0")) == 0:
+            metrics.serve()
+        keep = config.checkpointing.keep_last
+        run.callbacks += [
+            ProgressReporter(store, staging, metrics),
+            StagingCheckpoints(store, staging, keep_last=keep, provenance=provenance),
+            SaveAtEnd(),
+        ]
+        early = config.early_stopping
+        if early is not None and run.eval_rows:
+            from transformers import EarlyStoppingCallback  # noqa: PLC0415
+
+            run.callbacks.append(
+                EarlyStoppingCallback(
+                    early_stopping_patience=early.patience, early_stopping_threshold=early.min_delta
+                )
+            )
+        trainer = importlib.import_module(METHODS[str(config.method)]).build(run)
+        where = f"resuming from step {resume_step}" if resume is not None else "from the base model"
+        print(
+            f"training {config.method} ({config.adapter.type}) on {len(run.train_rows)} rows, "
+            f"{trainer.args.num_train_epochs} epochs, {where}",
+            flush=True,
+        )
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    except (TrainError, ModelError, StorageError, ValueError) as err:
+        print(f"train failed: {err}", file=sys.stderr)
+        return 1
+    print(f"training complete at step {trainer.state.global_step}", flush=True)
+    return 0
