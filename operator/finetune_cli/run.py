@@ -65,7 +65,7 @@ def run_id(job: FineTuneJob) -> str:
 def contract(job: FineTuneJob, staging: Path, resolved: Any) -> TrainerConfig:
     config = build_trainer_config(job, run_id=staging.name, resolved=resolved)
     local = StorageTarget(staging_uri=str(staging.resolve()) + "/")
-    return config.model_copy(update={"storage": local, "distributed": config.distributed.model_copy()})
+    return config.model_copy(update={"storage": local})
 
 
 def _trainer(command: str, config_file: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -130,11 +130,15 @@ def _watch(process: subprocess.Popen[bytes], staging: Path) -> None:
 
 
 def _score(config_file: Path, staging: Path, which: str, log: Path, workdir: Path) -> float | None:
-    process = _trainer("score-holdout", config_file, log, "--checkpoint", which, "--workdir", str(workdir))
-    if _finish(process, f"score-holdout ({which})", log) != 0:
-        return None
-    result = json.loads((staging / f"holdout-{which}.json").read_text())
-    return float(result["exact_match"])
+    """Holdout exact match of the base model or the newest checkpoint; the base's is scored once per run."""
+    result = staging / f"holdout-{which}.json"
+    if which == "latest" or not result.exists():
+        process = _trainer(
+            "score-holdout", config_file, log, "--checkpoint", which, "--workdir", str(workdir)
+        )
+        if _finish(process, f"score-holdout ({which})", log) != 0:
+            return None
+    return float(json.loads(result.read_text())["exact_match"])
 
 
 def main(path: Path, workdir: Path, *, fresh: bool = False) -> int:
@@ -175,11 +179,8 @@ def main(path: Path, workdir: Path, *, fresh: bool = False) -> int:
         f"hyperparameters: {resolved.epochs} epochs, batch size {resolved.batch_size}, "
         f"learning rate {resolved.learning_rate:g}"
     )
-    before = None
-    if spec.datasets.holdout is not None and not (staging / "holdout-base.json").exists():
-        before = _score(config_file, staging, "base", log, scratch)
-    elif (staging / "holdout-base.json").exists():
-        before = json.loads((staging / "holdout-base.json").read_text())["exact_match"]
+    holdout = spec.datasets.holdout is not None
+    before = _score(config_file, staging, "base", log, scratch) if holdout else None
     if before is not None:
         print(f"holdout exact match before training: {before:.1%}")
     train_started = time.monotonic()
@@ -188,9 +189,7 @@ def main(path: Path, workdir: Path, *, fresh: bool = False) -> int:
     if _finish(process, "train", log) != 0:
         return 1
     trained = time.monotonic() - train_started
-    after = (
-        _score(config_file, staging, "latest", log, scratch) if spec.datasets.holdout is not None else None
-    )
+    after = _score(config_file, staging, "latest", log, scratch) if holdout else None
     _summary(staging, trained, time.monotonic() - started, before, after)
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
