@@ -23,9 +23,15 @@ def test_every_example_is_accepted_by_dry_run_and_by_create(cluster: Cluster) ->
     names = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
     assert dry.stdout.count("(server dry run)") == len(names)
     cluster.kubectl("create", "-f", str(EXAMPLES))
-    jobs = json.loads(cluster.kubectl("get", "ftj", "-n", "ml-platform", "-o", "json").stdout)["items"]
-    gates = json.loads(cluster.kubectl("get", "evg", "-n", "ml-platform", "-o", "json").stdout)["items"]
-    assert len(jobs) + len(gates) == len(names)
+    jobs = json.loads(cluster.kubectl("get", "ftj", "-A", "-o", "json").stdout)["items"]
+    gates = json.loads(cluster.kubectl("get", "evg", "-A", "-o", "json").stdout)["items"]
+    applied = {
+        (d.get("namespace", "default"), d["name"])
+        for d in (example(p.name)["metadata"] for p in EXAMPLES.glob("*.yaml"))
+    }
+    stored_names = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in jobs + gates}
+    assert applied <= stored_names
+    assert len(applied) == len(names)
     stored = next(j for j in jobs if j["metadata"]["name"] == "support-assistant-sft")
     # no defaults were written into the stored object: it holds what the user applied
     assert stored["spec"] == example("sft-support-assistant.yaml")["spec"]
