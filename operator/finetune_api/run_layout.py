@@ -15,6 +15,7 @@ checkpoint behind for anyone to load); a restarted run resumes from the newest c
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated
 
@@ -77,3 +78,19 @@ class CheckpointMarker(ApiModel):
     step: Annotated[int, Field(ge=0)]
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: datetime | None = None
+
+
+# What "best" means for a run's checkpoints, for the trainer's pruning and the operator's status alike: the
+# highest grader reward on the validation prompts (RFT), else the lowest eval loss; ties go to the later step.
+BEST_BY_REWARD = "eval_reward"
+BEST_BY_LOSS = "eval_loss"
+
+
+def best_step(scored: Iterable[tuple[int, Mapping[str, float]]]) -> int | None:
+    """The step of the best checkpoint among (step, metrics) pairs; None when none has an eval metric."""
+    candidates = list(scored)
+    rewarded = [(metrics[BEST_BY_REWARD], step) for step, metrics in candidates if BEST_BY_REWARD in metrics]
+    if rewarded:
+        return max(rewarded)[1]
+    losses = [(metrics[BEST_BY_LOSS], -step) for step, metrics in candidates if BEST_BY_LOSS in metrics]
+    return -min(losses)[1] if losses else None

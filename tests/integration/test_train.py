@@ -4,103 +4,25 @@ the marker last, reports progress, and resumes after a SIGKILL from the last com
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from safetensors.torch import load_file
 
-from datagen import chat_rows, jsonl
-from finetune_api.hyperparameters import Resolved
-from finetune_api.trainer_config import StorageTarget, build_trainer_config
-from finetune_api.v1alpha1 import FineTuneJob
+from datagen import chat_rows
 from s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from s3server import client as s3_client
 from tinymodels import causal_lm
-
-ENV = {"HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+from trainrun import contract, train
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     corpus = [m["content"] for row in chat_rows(300) for m in row["messages"]]
     return causal_lm(tmp_path_factory.mktemp("tiny") / "model", corpus)
-
-
-def job(
-    model: Path, data: Path, *, adapter: str = "lora", save_steps: int = 2, validation: bool = True
-) -> FineTuneJob:
-    datasets: dict[str, Any] = {"training": {"uri": str(data / "train.jsonl"), "format": "chat"}}
-    if validation:
-        datasets["validation"] = {"uri": str(data / "val.jsonl"), "format": "chat"}
-    return FineTuneJob.model_validate(
-        {
-            "apiVersion": "finetune.dev/v1alpha1",
-            "kind": "FineTuneJob",
-            "metadata": {"name": "tiny", "namespace": "test", "uid": str(uuid.uuid4())},
-            "spec": {
-                "method": "sft",
-                "baseModel": {"uri": str(model)},
-                "datasets": datasets,
-                "adapter": {"type": adapter},
-                "checkpointing": {"saveSteps": save_steps, "keepLast": 2},
-                "storage": {"bucket": "unused"},
-            },
-        }
-    )
-
-
-def contract(
-    tmp: Path,
-    model: Path,
-    staging: str,
-    *,
-    rows: int = 32,
-    epochs: int = 2,
-    endpoint: str | None = None,
-    **kw: Any,
-) -> Path:
-    data = tmp / "data"
-    data.mkdir(exist_ok=True)
-    (data / "train.jsonl").write_bytes(jsonl(chat_rows(rows, seed=1)))
-    (data / "val.jsonl").write_bytes(jsonl(chat_rows(8, seed=2)))
-    config = build_trainer_config(
-        job(model, data, **kw),
-        run_id="tiny-1",
-        resolved=Resolved(epochs=epochs, batch_size=4, learning_rate=5e-3),
-    )
-    config = config.model_copy(update={"storage": StorageTarget(endpoint=endpoint, staging_uri=staging)})
-    hp = config.hyperparameters
-    assert hp is not None
-    config = config.model_copy(update={"hyperparameters": hp.model_copy(update={"max_seq_length": 128})})
-    path = tmp / "trainer.json"
-    path.write_text(config.model_dump_json(by_alias=True))
-    return path
-
-
-def train(config: Path, workdir: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "finetune_trainer",
-            "train",
-            "--config",
-            str(config),
-            "--workdir",
-            str(workdir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **ENV, **(env or {})},
-    )
 
 
 @pytest.mark.integration

@@ -5,9 +5,9 @@ optimizer, scheduler and RNG state). `StagingCheckpoints.on_save` adds what a re
 to trust it (`finetune/contract.json` the resolved contract, `finetune/datasets.json` the digests of the
 data trained on, `finetune/versions.json` the library versions, `finetune/metrics.json`), uploads the
 folder to `checkpoints/step-NNNNNNNNN/`, and writes the `COMPLETE` marker last. Then it prunes: the last
-`keepLast` complete checkpoints stay, and so does the one with the lowest eval loss (the operator records
-it as the best). Pruning removes a marker before the files, so a half-deleted checkpoint is never
-complete either.
+`keepLast` complete checkpoints stay, and so does the best one (`run_layout.best_step`: highest grader
+reward, else lowest eval loss; the operator records it as the best). Pruning removes a marker before the
+files, so a half-deleted checkpoint is never complete either.
 
 Resume: `latest_complete` finds the newest step with a marker; `restore` downloads it into the local
 output folder, where `Trainer.train(resume_from_checkpoint=...)` continues from that step.
@@ -24,7 +24,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from finetune_api.run_layout import CHECKPOINTS, COMPLETE_MARKER, CheckpointMarker, checkpoint_prefix, step_of
+from finetune_api.run_layout import (
+    CHECKPOINTS,
+    COMPLETE_MARKER,
+    CheckpointMarker,
+    best_step,
+    checkpoint_prefix,
+    step_of,
+)
 from finetune_trainer.storage import Store, join
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "finetune-operator")
@@ -100,9 +107,9 @@ class StagingCheckpoints(TrainerCallback):
     def _prune(self) -> None:
         markers = complete_markers(self.store, self.staging)
         keep = {m.step for m in markers[-self.keep_last :]}
-        scored = [m for m in markers if "eval_loss" in m.metrics]
-        if scored:
-            keep.add(min(scored, key=lambda m: (m.metrics["eval_loss"], -m.step)).step)
+        best = best_step((m.step, m.metrics) for m in markers)
+        if best is not None:
+            keep.add(best)
         for marker in markers:
             if marker.step in keep:
                 continue

@@ -334,9 +334,9 @@ class FineTuneJobSpec(ApiModel):
             field_path=".earlyStopping.metric",
         ),
         Rule(
-            "!has(self.earlyStopping) || (has(self.earlyStopping.metric) && "
-            "self.earlyStopping.metric == 'grader_score') || has(self.datasets.validation)",
-            "earlyStopping on eval_loss needs datasets.validation",
+            "!has(self.earlyStopping) || has(self.datasets.validation)",
+            "earlyStopping needs datasets.validation: it watches the eval loss, or for grader_score the "
+            "grader's mean score on the validation prompts",
             field_path=".earlyStopping",
         ),
         Rule(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport, checkpoint_prefix
+from finetune_api.run_layout import (
+    CheckpointMarker,
+    DataValidationReport,
+    ProgressReport,
+    best_step,
+    checkpoint_prefix,
+)
 from finetune_api.v1alpha1 import Condition, ConditionType, Reason
 from finetune_api.v1alpha1.conditions import ConditionStatus
 from finetune_api.v1alpha1.finetunejob import MAX_CHECKPOINTS, CheckpointRecord, DataReport, Progress
@@ -88,10 +94,8 @@ def checkpoint_records(markers: tuple[CheckpointMarker, ...], staging_uri: str) 
 
 
 def best_checkpoint(records: list[CheckpointRecord]) -> CheckpointRecord | None:
-    """Lowest eval loss when checkpoints report one, otherwise the latest."""
+    """The best by `run_layout.best_step` (grader reward, else eval loss), otherwise the latest."""
     if not records:
         return None
-    scored = [r for r in records if "eval_loss" in r.metrics]
-    if scored:
-        return min(scored, key=lambda r: (r.metrics["eval_loss"], -r.step))
-    return records[-1]
+    step = best_step((r.step, r.metrics) for r in records)
+    return next((r for r in records if r.step == step), records[-1])

@@ -18,7 +18,7 @@ from typing import Any
 from finetune_api.trainer_config import TrainerConfig
 from finetune_trainer.checkpoints import latest_complete, restore
 from finetune_trainer.data.rows import Row, read_jsonl
-from finetune_trainer.methods.sft import plain_messages
+from finetune_trainer.methods import plain_messages
 from finetune_trainer.models import ModelError, materialize
 from finetune_trainer.storage import StorageError, Store, join
 

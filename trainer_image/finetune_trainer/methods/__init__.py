@@ -78,3 +78,14 @@ class Run:
             metric = "eval_loss" if early.metric == "eval_loss" else "eval_reward"
             args |= {"metric_for_best_model": metric, "greater_is_better": metric != "eval_loss"}
         return args
+
+
+def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with text content parts joined, and OpenAI's `weight` removed (templates do not know it)."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        out.append({k: v for k, v in message.items() if k != "weight"} | {"content": content or ""})
+    return out

@@ -17,23 +17,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from trl import SFTConfig, SFTTrainer
 
 from finetune_trainer.data.rows import Row
-from finetune_trainer.methods import Run
+from finetune_trainer.methods import Run, plain_messages
 from finetune_trainer.models import load_kwargs, peft_config
 
 
 class TemplateError(ValueError):
     pass
-
-
-def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages with text content parts joined, and OpenAI's `weight` removed (templates do not know it)."""
-    out = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        out.append({k: v for k, v in message.items() if k != "weight"} | {"content": content or ""})
-    return out
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], *, prompt: bool) -> str:
