@@ -3,9 +3,12 @@ field, and planted duplicates, leakage, PII and preference problems caught at th
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import pytest
+from PIL import Image
 
 from datagen import chat_rows, jsonl, near_copy, preference_rows
 from finetune_api.v1alpha1.common import DatasetFormat
@@ -178,3 +181,32 @@ def test_preference_hygiene() -> None:
     assert report.failed_rules == [
         "adversarial share 12.5% outside [20%, 50%] (rows with metadata.adversarial: true)"
     ]
+
+
+def test_images_tell_rows_apart_and_their_bytes_are_not_scanned_as_text() -> None:
+    def image(value: int) -> str:
+        buffer = io.BytesIO()
+        Image.new("RGB", (4, 4), (value, 0, 0)).save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    # one templated question over different images: no duplicates; the same image twice: a duplicate
+    question = [{"type": "text", "text": "What colour is this?"}]
+    rows = [
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [*question, {"type": "image_url", "image_url": {"url": image(v)}}],
+                },
+                {"role": "assistant", "content": "red" if v > 127 else "dark"},
+            ]
+        }
+        for v in [*range(0, 250, 10), 0]
+    ]
+    training = read_jsonl("vision.jsonl", jsonl(rows))
+    report = gates.run({"training": training}, DataGates()).report
+    assert report.duplicate_rate == pytest.approx(1 / 26, abs=1e-4)
+
+    labelled = [{"image": image(v), "label": "red"} for v in range(0, 250, 10)]
+    report = gates.run({"training": read_jsonl("labels.jsonl", jsonl(labelled))}, DataGates()).report
+    assert (report.duplicate_rate, report.pii_findings) == (0.0, {})

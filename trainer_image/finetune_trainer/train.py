@@ -30,7 +30,12 @@ from finetune_trainer.models import ModelError, materialize
 from finetune_trainer.progress import Metrics, ProgressReporter
 from finetune_trainer.storage import StorageError, Store
 
-METHODS = {"sft": "finetune_trainer.methods.sft"}
+METHODS = {
+    "sft": "finetune_trainer.methods.sft",
+    "vision": "finetune_trainer.methods.vision",
+    "dpo": "finetune_trainer.methods.dpo",
+    "rft": "finetune_trainer.methods.rft",
+}
 SCRATCH_ENV = "FINETUNE_WORKDIR"
 
 

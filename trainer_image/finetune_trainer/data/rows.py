@@ -8,6 +8,7 @@ kept, with the total counted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -132,7 +133,9 @@ def parse(fmt: DatasetFormat, line: int, data: dict[str, Any]) -> Row:
             texts += [
                 f"{k}={json.dumps(v)}" for k, v in sorted(data.items()) if k not in ("messages", "metadata")
             ]
-        own = "\n".join(t for t in texts if not t.startswith(SHARED_PROMPTS))
+        own = "\n".join(
+            [*(t for t in texts if not t.startswith(SHARED_PROMPTS)), *map(image_identity, images)]
+        )
         return Row(line, data, "\n".join(texts), tuple(images), **flags, own_text=own)
     if fmt == DatasetFormat.PROMPT_COMPLETION:
         prompt, completion = _string(data, "prompt", empty=True), _string(data, "completion")
@@ -150,8 +153,16 @@ def parse(fmt: DatasetFormat, line: int, data: dict[str, Any]) -> Row:
     if fmt == DatasetFormat.IMAGE_LABEL:
         image, label = _string(data, "image"), _string(data, "label")
         _image_uri(image, "image")
-        return Row(line, data, f"{image}\n{label}", (image,), **flags)
+        return Row(line, data, label, (image,), **flags, own_text=f"{image_identity(image)}\n{label}")
     raise RowError("", f"unknown format {fmt}")
+
+
+def image_identity(uri: str) -> str:
+    """What tells images apart for the duplicate and leakage gates: the URI, or for an inline image a
+    digest of its data (never the base64 itself, which the PII patterns would read as text)."""
+    if uri.startswith("data:"):
+        return "image:sha256:" + hashlib.sha256(uri.encode()).hexdigest()[:32]
+    return f"image:{uri}"
 
 
 def preference_parts(row: Row) -> tuple[str, str, str]:
