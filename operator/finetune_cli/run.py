@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,21 @@ from finetune_api.v1alpha1 import FineTuneJob
 from finetune_cli import validate
 
 POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Score:
+    """A holdout metric as `score-holdout` wrote it: exact match, preference accuracy, or reward."""
+
+    metric: str
+    value: float
+
+    @property
+    def shown(self) -> str:
+        return f"{self.value:.3f}" if self.metric == "reward" else f"{self.value:.1%}"
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.shown}"
 
 
 class RunError(RuntimeError):
@@ -129,8 +145,8 @@ def _watch(process: subprocess.Popen[bytes], staging: Path) -> None:
         print()
 
 
-def _score(config_file: Path, staging: Path, which: str, log: Path, workdir: Path) -> float | None:
-    """Holdout exact match of the base model or the newest checkpoint; the base's is scored once per run."""
+def _score(config_file: Path, staging: Path, which: str, log: Path, workdir: Path) -> Score | None:
+    """The holdout metric of the base model or the newest checkpoint; the base's is scored once per run."""
     result = staging / f"holdout-{which}.json"
     if which == "latest" or not result.exists():
         process = _trainer(
@@ -138,7 +154,8 @@ def _score(config_file: Path, staging: Path, which: str, log: Path, workdir: Pat
         )
         if _finish(process, f"score-holdout ({which})", log) != 0:
             return None
-    return float(json.loads(result.read_text())["exact_match"])
+    found = json.loads(result.read_text())
+    return Score(str(found["metric"]).replace("_", " "), float(found["score"]))
 
 
 def main(path: Path, workdir: Path, *, fresh: bool = False) -> int:
@@ -182,7 +199,7 @@ def main(path: Path, workdir: Path, *, fresh: bool = False) -> int:
     holdout = spec.datasets.holdout is not None
     before = _score(config_file, staging, "base", log, scratch) if holdout else None
     if before is not None:
-        print(f"holdout exact match before training: {before:.1%}")
+        print(f"holdout {before} before training")
     train_started = time.monotonic()
     process = _trainer("train", config_file, log, "--workdir", str(scratch))
     _watch(process, staging)
@@ -195,7 +212,7 @@ def main(path: Path, workdir: Path, *, fresh: bool = False) -> int:
     return 0
 
 
-def _summary(staging: Path, trained: float, total: float, before: float | None, after: float | None) -> None:
+def _summary(staging: Path, trained: float, total: float, before: Score | None, after: Score | None) -> None:
     progress = ProgressReport.model_validate_json((staging / PROGRESS).read_bytes())
     checkpoints = sorted(p.parent.name for p in (staging / "checkpoints").glob("*/COMPLETE"))
     print(f"\ntrained {progress.step}/{progress.total_steps} steps in {trained:.0f} s ({total:.0f} s in all)")
@@ -206,4 +223,4 @@ def _summary(staging: Path, trained: float, total: float, before: float | None, 
         )
     print(f"checkpoints: {', '.join(checkpoints)} in {staging / 'checkpoints'}")
     if before is not None and after is not None:
-        print(f"holdout exact match: {before:.1%} before -> {after:.1%} after")
+        print(f"holdout {before.metric}: {before.shown} before -> {after.shown} after")

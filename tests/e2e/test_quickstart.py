@@ -27,9 +27,10 @@ def test_quickstart_learns_the_task(tmp_path: Path) -> None:
     (run,) = (tmp_path / "default" / "quickstart-order-json").iterdir()
     before = json.loads((run / "holdout-base.json").read_text())
     after = json.loads((run / "holdout-latest.json").read_text())
-    assert before["exact_match"] < 0.2
-    assert after["exact_match"] >= 0.7
-    assert f"{after['exact_match']:.1%} after" in result.stdout
+    assert before["metric"] == after["metric"] == "exact_match"
+    assert before["score"] < 0.2
+    assert after["score"] >= 0.7
+    assert f"holdout exact match: {before['score']:.1%} before -> {after['score']:.1%} after" in result.stdout
     assert "step 12/12" in result.stdout  # the progress bar, drawn from progress.json
     assert sorted(p.parent.name for p in (run / "checkpoints").glob("*/COMPLETE")) == [
         "step-000000006",

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from datagen import chat_rows, preference_rows
+from finetune_trainer.evaluation.task import answer_log_prob
 from tinymodels import causal_lm
 from trainrun import contract, run_to_end
 
@@ -30,23 +31,11 @@ def final_checkpoint(staging: Path) -> Path:
     return markers[-1].parent
 
 
-def log_prob(model: Any, tok: Any, prompt: list[dict[str, str]], answer: list[dict[str, str]]) -> float:
-    """Sum of the answer's token log-probabilities after the prompt, under the model's chat template."""
-    context = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(prompt + answer, tokenize=False)
-    ids = tok(full, add_special_tokens=False, return_tensors="pt").input_ids
-    start = len(tok(context, add_special_tokens=False).input_ids)
-    with torch.no_grad():
-        logits = model(ids).logits[0, :-1].log_softmax(-1)
-    targets = ids[0, 1:]
-    return float(logits[torch.arange(start - 1, len(targets)), targets[start - 1 :]].sum())
-
-
 def margin(model: Any, tok: Any, rows: list[dict[str, Any]]) -> float:
     """Mean log-probability of the preferred answer minus the non-preferred one."""
     gaps = [
-        log_prob(model, tok, r["input"]["messages"], r["preferred_output"])
-        - log_prob(model, tok, r["input"]["messages"], r["non_preferred_output"])
+        answer_log_prob(model, tok, r["input"]["messages"], r["preferred_output"])
+        - answer_log_prob(model, tok, r["input"]["messages"], r["non_preferred_output"])
         for r in rows
     ]
     return sum(gaps) / len(gaps)
@@ -102,3 +91,67 @@ def test_dpo_full_fine_tuning_against_a_given_reference(tiny: Path, tmp_path: Pa
     base = load_file(tiny / "model.safetensors")
     trained = load_file(final_checkpoint(staging) / "model.safetensors")
     assert sum(not torch.equal(base[name], trained[name]) for name in base) > len(base) // 2
+
+
+def rft_rows(count: int, seed: int) -> list[dict[str, Any]]:
+    """Prompts with a reference field for the grader: the reply's budget in characters."""
+    return [
+        {"messages": [{"role": "user", "content": row["messages"][1]["content"]}], "budget": 40}
+        for row in chat_rows(count, seed=seed)
+    ]
+
+
+# an efficiency reward that a tiny model learns in a few steps: shorter replies, within the row's budget
+GRADER = {
+    "type": "python",
+    "name": "brevity",
+    "source": "def grade(sample, item):\n"
+    "    return max(0.0, 1 - len(sample['output_text']) / item['budget'])\n",
+}
+
+
+def rft_contract(tmp_path: Path, tiny: Path, staging: Path, *, epochs: int, **spec: Any) -> Path:
+    # full fine-tuning: a LoRA on a model this small (hidden size 32) moves too little in a few GRPO steps
+    return contract(
+        tmp_path,
+        tiny,
+        f"{staging}/",
+        method="rft",
+        fmt="rft",
+        train_rows=rft_rows(32, seed=6),
+        val_rows=rft_rows(4, seed=7),
+        epochs=epochs,
+        batch_size=4,
+        learning_rate=1e-2,
+        adapter="full",
+        save_steps=4,
+        spec={"rft": {"grader": GRADER, "generationsPerPrompt": 4, "maxCompletionTokens": 8}} | spec,
+    )
+
+
+@pytest.mark.integration
+def test_rft_raises_the_grader_reward(tiny: Path, tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    config = rft_contract(tmp_path, tiny, staging, epochs=6)
+    output = run_to_end(config, tmp_path / "work", timeout=600)
+    checkpoint = final_checkpoint(staging)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    rewards = [e["reward"] for e in state["log_history"] if "reward" in e]
+    evals = [e["eval_reward"] for e in state["log_history"] if "eval_reward" in e]
+    assert evals, output
+    quarter = len(rewards) // 4
+    first, last = rewards[:quarter], rewards[-quarter:]
+    assert sum(last) / len(last) > sum(first) / len(first) + 0.1, rewards
+    metrics = json.loads((checkpoint / "finetune" / "metrics.json").read_text())
+    assert "eval_reward" in metrics
+
+
+@pytest.mark.integration
+def test_rft_stops_early_when_the_grader_score_stops_improving(tiny: Path, tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    # no reward can improve by more than 1.0: the second evaluation (step 8) is the end of patience
+    stop = {"earlyStopping": {"metric": "grader_score", "patience": 1, "minDelta": 1.0}}
+    config = rft_contract(tmp_path, tiny, staging, epochs=6, **stop)
+    output = run_to_end(config, tmp_path / "work", timeout=600)
+    assert "training complete at step 8" in output
+    assert final_checkpoint(staging).name == "step-000000008"

@@ -1,9 +1,14 @@
-"""Task metrics on the holdout split: batched greedy generation, then exact match per row.
+"""Task metrics on the holdout split, one per kind of data, for the base model or a checkpoint.
 
-A chat row's reference is its last assistant message and its prompt everything before; a prompt/completion
-row's are its completion and prompt. A reply matches when it equals the reference after trimming
-whitespace or, when both parse as JSON, when the parsed values are equal (key order and spacing do not
-count). `score-holdout` writes the result with one record per row to the staging prefix.
+- chat and prompt/completion rows: `exact_match`. Batched greedy generation; a chat row's reference is its
+  last assistant message and its prompt everything before; a prompt/completion row's are its completion and
+  prompt. A reply matches when it equals the reference after trimming whitespace or, when both parse as
+  JSON, when the parsed values are equal (key order and spacing do not count).
+- preference rows (DPO): `preference_accuracy`, the share of pairs where the model gives the preferred
+  answer a higher log-probability than the other one (the same quantity DPO trains).
+- RFT jobs (RFT or chat rows): `reward`, the mean score the job's grader gives the greedy replies.
+
+`score-holdout` writes `{metric, score, rows, seconds, records}` (one record per row) to the staging prefix.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune_api.trainer_config import TrainerConfig
+from finetune_api.v1alpha1.common import DatasetFormat
+from finetune_api.v1alpha1.finetunejob import Method
 from finetune_trainer.checkpoints import latest_complete, restore
 from finetune_trainer.data.rows import Row, read_jsonl
 from finetune_trainer.methods import plain_messages
@@ -100,24 +107,84 @@ def generate(
 def exact_match(model: Any, tokenizer: Any, rows: list[Row]) -> dict[str, Any]:
     examples = [example(row) for row in rows]
     longest = max(len(tokenizer(e.reference, add_special_tokens=False)["input_ids"]) for e in examples)
-    started = time.monotonic()
     replies = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=longest + 16)
     records: list[dict[str, Any]] = [
         {"line": row.line, "reference": e.reference, "reply": reply, "match": matches(reply, e.reference)}
         for row, e, reply in zip(rows, examples, replies, strict=True)
     ]
-    hits = sum(1 for r in records if r["match"])
-    return {
-        "exact_match": hits / len(records),
-        "rows": len(records),
-        "seconds": round(time.monotonic() - started, 1),
-        "records": records,
+    return {"metric": "exact_match", "score": sum(1 for r in records if r["match"]) / len(records)} | {
+        "records": records
     }
 
 
+def answer_log_prob(
+    model: Any, tokenizer: Any, prompt: list[dict[str, Any]], answer: list[dict[str, Any]]
+) -> float:
+    """Sum of the answer's token log-probabilities after the prompt, under the model's chat template."""
+    import torch  # noqa: PLC0415
+
+    context = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+    ids = tokenizer(full, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
+    start = len(tokenizer(context, add_special_tokens=False).input_ids)
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].float().log_softmax(-1)
+    targets = ids[0, 1:]
+    positions = torch.arange(start - 1, len(targets), device=ids.device)
+    return float(logits[positions, targets[start - 1 :]].sum())
+
+
+def preference_accuracy(model: Any, tokenizer: Any, rows: list[Row]) -> dict[str, Any]:
+    records = []
+    for row in rows:
+        prompt = plain_messages(row.data["input"]["messages"])
+        chosen = answer_log_prob(model, tokenizer, prompt, plain_messages(row.data["preferred_output"]))
+        rejected = answer_log_prob(model, tokenizer, prompt, plain_messages(row.data["non_preferred_output"]))
+        records.append({"line": row.line, "margin": chosen - rejected, "match": chosen > rejected})
+    return {
+        "metric": "preference_accuracy",
+        "score": sum(1 for r in records if r["match"]) / len(records),
+    } | {"records": records}
+
+
+def reward(model: Any, tokenizer: Any, rows: list[Row], config: TrainerConfig) -> dict[str, Any]:
+    from finetune_trainer.graders import compile_grader, sample_from_text  # noqa: PLC0415
+    from finetune_trainer.methods.rft import prompt_and_item  # noqa: PLC0415
+
+    if config.rft is None:
+        raise ValueError("RFT holdout rows are scored by the job's grader, and the job has no rft settings")
+    prepared = [prompt_and_item(row.data) for row in rows]
+    replies = generate(model, tokenizer, [p["prompt"] for p in prepared], config.rft.max_completion_tokens)
+    with compile_grader(config.rft.grader) as grader:
+        results = grader.grade(
+            [sample_from_text(r) for r in replies], [json.loads(p["item_json"]) for p in prepared]
+        )
+    records = [
+        {"line": row.line, "reply": reply, "score": r.score, "passed": r.passed, "error": r.error}
+        for row, reply, r in zip(rows, replies, results, strict=True)
+    ]
+    return {"metric": "reward", "score": sum(r.score for r in results) / len(results), "records": records}
+
+
+def evaluate(
+    model: Any, tokenizer: Any, rows: list[Row], fmt: DatasetFormat, config: TrainerConfig
+) -> dict[str, Any]:
+    """The holdout metric for the job's method and rows of format `fmt` (see the module docstring)."""
+    started = time.monotonic()
+    if config.method == Method.RFT:
+        result = reward(model, tokenizer, rows, config)
+    elif fmt == DatasetFormat.PREFERENCE:
+        result = preference_accuracy(model, tokenizer, rows)
+    elif fmt in (DatasetFormat.CHAT, DatasetFormat.PROMPT_COMPLETION):
+        result = exact_match(model, tokenizer, rows)
+    else:
+        raise ValueError(f"score-holdout has no metric for {fmt} rows of method {config.method}")
+    return result | {"rows": len(rows), "seconds": round(time.monotonic() - started, 1)}
+
+
 def main(config: TrainerConfig, which: str, scratch: Path) -> int:
-    """`score-holdout`: exact match of the base model (`which="base"`) or of the newest complete checkpoint
-    (`"latest"`) on the holdout split; writes `holdout-<which>.json` beside the checkpoints."""
+    """`score-holdout`: the holdout metric of the base model (`which="base"`) or of the newest complete
+    checkpoint (`"latest"`); writes `holdout-<which>.json` beside the checkpoints."""
     store = Store.for_target(config.storage)
     if config.holdout is None:
         print("score-holdout: the job names no holdout dataset", file=sys.stderr)
@@ -134,10 +201,10 @@ def main(config: TrainerConfig, which: str, scratch: Path) -> int:
                 raise ValueError("no complete checkpoint to score")
             adapter = restore(store, config.storage.staging_uri, step, scratch / "scored")
         model, tokenizer = load(model_dir, adapter)
-        result = exact_match(model, tokenizer, dataset.rows)
+        result = evaluate(model, tokenizer, dataset.rows, dataset.format, config)
     except (StorageError, ModelError, ValueError) as err:
         print(f"score-holdout failed: {err}", file=sys.stderr)
         return 1
     store.write_json(join(config.storage.staging_uri, f"holdout-{which}.json"), result)
-    print(f"holdout exact match ({which}): {result['exact_match']:.1%} of {result['rows']} rows")
+    print(f"holdout {result['metric']} ({which}): {result['score']:.3g} over {result['rows']} rows")
     return 0
