@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
+from typing import Any
 
-from datagen import chat_rows
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from datagen import chat_rows, jsonl, preference_rows
+from finetune_api.trainer_config import TrainerConfig
+from finetune_api.v1alpha1.common import DatasetFormat
 from finetune_api.v1alpha1.finetunejob import Adapter, AdapterType
 from finetune_trainer import builtin
 from finetune_trainer.builtin import order_json
+from finetune_trainer.data.rows import Row, read_jsonl
+from finetune_trainer.evaluation.task import evaluate
 from finetune_trainer.methods.sft import encode
 from finetune_trainer.models import ModelError, load_kwargs
-from tinymodels import tokenizer
+from tinymodels import causal_lm, tokenizer
+from trainrun import contract
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +70,40 @@ def test_unknown_builtins_are_named_with_what_exists() -> None:
         builtin.resolve("builtin://models/gpt-9")
     with pytest.raises(builtin.BuiltinError, match=r"order-json/training\.jsonl"):
         builtin.resolve("builtin://datasets/../../secrets.jsonl")
+
+
+def holdout(rows: list[dict[str, Any]]) -> list[Row]:
+    return read_jsonl("holdout.jsonl", jsonl(rows)).rows
+
+
+def test_holdout_metric_follows_the_method(tmp_path: Path) -> None:
+    corpus = [m["content"] for row in chat_rows(100) for m in row["messages"]]
+    model_dir = causal_lm(tmp_path / "model", corpus)
+    model, tok = (
+        AutoModelForCausalLM.from_pretrained(model_dir).eval(),
+        AutoTokenizer.from_pretrained(model_dir),
+    )
+
+    dpo = TrainerConfig.model_validate_json(
+        contract(tmp_path, model_dir, f"{tmp_path}/s/", method="dpo", fmt="preference").read_text()
+    )
+    pairs = preference_rows(6)
+    swapped = [
+        r | {"preferred_output": r["non_preferred_output"], "non_preferred_output": r["preferred_output"]}
+        for r in pairs
+    ]
+    straight = evaluate(model, tok, holdout(pairs), DatasetFormat.PREFERENCE, dpo)
+    reverse = evaluate(model, tok, holdout(swapped), DatasetFormat.PREFERENCE, dpo)
+    assert straight["metric"] == "preference_accuracy"
+    assert straight["score"] + reverse["score"] == pytest.approx(1.0)  # each pair is decided one way
+
+    prompts = [{"messages": [r["messages"][1]], "never": "no reply says this"} for r in chat_rows(3)]
+    for operation, expected in (("ne", 1.0), ("eq", 0.0)):
+        grader = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}"}
+        grader |= {"reference": "{{item.never}}", "operation": operation}
+        spec = {"rft": {"grader": grader, "maxCompletionTokens": 4}}
+        rft = TrainerConfig.model_validate_json(
+            contract(tmp_path, model_dir, f"{tmp_path}/s/", method="rft", fmt="rft", spec=spec).read_text()
+        )
+        result = evaluate(model, tok, holdout(prompts), DatasetFormat.RFT, rft)
+        assert (result["metric"], result["score"], result["rows"]) == ("reward", expected, 3)
