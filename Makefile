@@ -50,6 +50,8 @@ test: verify lint controlplane
 # Benchmarks (never part of `make test`): each compares with a baseline measured in the same run.
 bench: env controlplane
 	$(BIN)/python bench/operator_scale.py
+	$(BIN)/python bench/data_gates.py
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/sft_throughput.py
 
 # A real control plane in the foreground with the CRDs applied; prints the KUBECONFIG to export.
 cluster: env controlplane

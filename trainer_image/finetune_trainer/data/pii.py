@@ -4,6 +4,10 @@ checked), national ids (US SSN, UK NINO) and IPv4 addresses.
 Rule-based on purpose: the detector libraries that do better (Presidio and friends) need NLP models
 fetched at run time, which a trainer pod cannot do. Patterns favour precision: a number is a card only if
 it passes the Luhn check, an SSN only outside the never-issued ranges, a phone only with 10 to 15 digits.
+
+Speed: each detector has an anchor, a short pattern that every one of its matches contains and that the
+regex engine scans for quickly; a text without the anchor skips the detector's full pattern (most texts
+have no run of six digits, and no `@`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,19 @@ DETECTORS: dict[str, tuple[re.Pattern[str], Callable[[str], bool] | None]] = {
 }
 
 
+# A substring every match of the detector contains (a necessary condition, never a test of its own).
+ANCHORS: dict[str, re.Pattern[str]] = {
+    "email": re.compile("@"),
+    "credit_card": re.compile(r"\d(?:[ -]?\d){12}"),
+    "national_id": re.compile(r"\d\d[ -]?\d\d[ -]?\d\d"),
+    "phone": re.compile(r"\d{3}[\s.-]?\d{3}"),
+    "ip_address": re.compile(r"\d\.\d"),
+}
+# contained in the card, national id and phone anchors: one scan rules out all three
+SIX_DIGITS = re.compile(r"\d(?:[\s.-]?\d){5}")
+NEED_SIX_DIGITS = frozenset({"credit_card", "national_id", "phone"})
+
+
 @dataclass(frozen=True)
 class Finding:
     kind: str
@@ -65,8 +82,16 @@ class Finding:
 def find(text: str, kinds: Collection[str]) -> list[Finding]:
     """Findings of `kinds` in `text`, earlier kinds first claiming a span (a card is not also a phone)."""
     found: list[Finding] = []
+    six_digits: bool | None = None
     for kind, (pattern, check) in DETECTORS.items():
         if kind not in kinds:
+            continue
+        if kind in NEED_SIX_DIGITS:
+            if six_digits is None:
+                six_digits = SIX_DIGITS.search(text) is not None
+            if not six_digits:
+                continue
+        if ANCHORS[kind].search(text) is None:
             continue
         for match in pattern.finditer(text):
             if check is not None and not check(match.group()):
