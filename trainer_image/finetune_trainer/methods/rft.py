@@ -72,8 +72,9 @@ class GraderReward:
         results = self.grader.grade(samples, items)
         failed = [r.error for r in results if r.error is not None]
         if failed:
-            log.warning("grader %s could not score %d of %d: %s", self.__name__, len(failed), len(results),
-                        failed[0])
+            log.warning(
+                "grader %s could not score %d of %d: %s", self.__name__, len(failed), len(results), failed[0]
+            )
         log_metric = columns.get("log_metric")
         if callable(log_metric):
             log_metric("grader_errors", float(len(failed)))
