@@ -4,6 +4,7 @@ in seconds on a CPU, so every method's test exercises the real stack without dow
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -29,23 +30,28 @@ def tokenizer(corpus: list[str], vocab_size: int = 400) -> PreTrainedTokenizerFa
     )
 
 
+def llama_config(tok: PreTrainedTokenizerFast, **overrides: Any) -> LlamaConfig:
+    """The tiny Llama every test model starts from: 2 layers, hidden size 32, `tok`'s vocabulary."""
+    settings: dict[str, Any] = {
+        "vocab_size": len(tok),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "bos_token_id": None,
+    }
+    return LlamaConfig(**(settings | overrides))
+
+
 def causal_lm(directory: Path, corpus: list[str]) -> Path:
     """A 2-layer Llama (hidden size 32) and its tokenizer, saved as a transformers folder."""
     tok = tokenizer(corpus)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
+    LlamaForCausalLM(llama_config(tok)).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
 
@@ -108,18 +114,7 @@ def vision_language_model(directory: Path, corpus: list[str], *, chat_template: 
         num_attention_heads=4,
         projection_dim=32,
     )
-    text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-    )
+    text = llama_config(tok)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,

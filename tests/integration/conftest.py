@@ -9,10 +9,12 @@ import pytest
 from kubernetes import config
 
 from controlplane.cluster import running
+from datagen import chat_rows
 from kube import EXAMPLES_NAMESPACE, Cluster
 from s3server import S3Server
 from s3server import running as s3_running
 from support import CRDS
+from tinymodels import causal_lm
 
 
 def _start(tmp: Path, *, with_controllers: bool) -> Iterator[Cluster]:
@@ -43,3 +45,10 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3 server (SeaweedFS) with the test credentials."""
     with s3_running(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (tests/tinymodels) whose tokenizer knows the words of the generated chat rows."""
+    corpus = [m["content"] for row in chat_rows(300) for m in row["messages"]]
+    return causal_lm(tmp_path_factory.mktemp("tiny") / "model", corpus)

@@ -15,14 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from datagen import chat_rows, preference_rows
 from finetune_trainer.evaluation.task import answer_log_prob
-from tinymodels import causal_lm
 from trainrun import contract, run_to_end
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    corpus = [m["content"] for row in chat_rows(300) for m in row["messages"]]
-    return causal_lm(tmp_path_factory.mktemp("tiny") / "model", corpus)
 
 
 def final_checkpoint(staging: Path) -> Path:

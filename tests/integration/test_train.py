@@ -12,17 +12,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from datagen import chat_rows
 from s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from s3server import client as s3_client
-from tinymodels import causal_lm
 from trainrun import contract, train
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    corpus = [m["content"] for row in chat_rows(300) for m in row["messages"]]
-    return causal_lm(tmp_path_factory.mktemp("tiny") / "model", corpus)
 
 
 @pytest.mark.integration

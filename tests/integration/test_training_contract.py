@@ -21,19 +21,18 @@ from finetune_operator.storage.s3 import S3Target, observe_run
 from podrun import run_job
 from s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from s3server import client as s3_client
-from tinymodels import causal_lm
 
 SECRET = {"s3-credentials": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}}
 
 
 @pytest.mark.integration
-def test_the_operators_jobs_validate_and_train_as_their_manifests_say(s3: S3Server, tmp_path: Path) -> None:
+def test_the_operators_jobs_validate_and_train_as_their_manifests_say(
+    s3: S3Server, tiny: Path, tmp_path: Path
+) -> None:
     bucket = f"contract-{uuid.uuid4().hex[:8]}"
     client = s3_client(s3.endpoint)
     client.create_bucket(Bucket=bucket)
-    corpus = [m["content"] for row in chat_rows(300) for m in row["messages"]]
-    model = causal_lm(tmp_path / "model", corpus)
-    for path in model.iterdir():
+    for path in tiny.iterdir():
         client.put_object(Bucket=bucket, Key=f"models/tiny/{path.name}", Body=path.read_bytes())
     client.put_object(Bucket=bucket, Key="data/train.jsonl", Body=jsonl(chat_rows(24, seed=1)))
     client.put_object(Bucket=bucket, Key="data/val.jsonl", Body=jsonl(chat_rows(8, seed=2)))

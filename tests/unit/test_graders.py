@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from pydantic import TypeAdapter
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
 
 import tinymodels
 from finetune_api.v1alpha1.graders import Grader
@@ -242,18 +242,7 @@ def reward_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama with a one-logit head: a reward model as transformers saves it."""
     directory = tmp_path_factory.mktemp("reward")
     tok = tinymodels.tokenizer(CORPUS)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-    )
+    config = tinymodels.llama_config(tok, num_labels=1)
     torch.manual_seed(0)
     LlamaForSequenceClassification(config).save_pretrained(directory)
     tok.save_pretrained(directory)
@@ -388,14 +377,8 @@ def test_score_model_configuration_errors_name_the_field(
 
 def test_a_classifier_with_several_labels_is_not_a_reward_model(tmp_path: Path) -> None:
     tok = tinymodels.tokenizer(CORPUS)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_labels=3,
-        pad_token_id=tok.pad_token_id,
+    config = tinymodels.llama_config(
+        tok, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_labels=3
     )
     LlamaForSequenceClassification(config).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
