@@ -2,7 +2,8 @@
 
 - duplicates: exact (normalised text) and near (word 3-gram Jaccard >= 0.8: MinHash LSH finds candidates
   generously, the exact Jaccard of the shingle sets decides) within the training split; the rate is
-  duplicated rows / rows. For speed (100,000 rows in seconds) shingles are 64-bit hashes, and MinHash and
+  duplicated rows / rows. For speed (100,000 rows in seconds, not minutes) shingles are 64-bit hashes
+  (the exact Jaccard is taken over them; two shingles collide with odds of about 2^-64), and MinHash and
   the LSH bands are computed for all rows at once with numpy, with datasketch's permutations and band
   layout; a row's candidates come from sorting the band keys, not from a per-row index.
 - leakage: validation/holdout rows that are exact or near duplicates of a training row.
