@@ -6,16 +6,21 @@ max length, for the same number of optimizer steps; the first steps are warm-up,
 
 - plain: `trl.SFTTrainer` given the raw `messages` rows, with its defaults except what anyone training on
   a CPU sets (use_cpu, bf16 off, activation checkpointing off, report_to none) and the shared settings
-  above. It pads every batch to its longest row and learns from every token.
+  above. It pads every batch to its longest row and learns from every token; its LM head projects every
+  position (TRL projects only labelled ones on Triton devices, never on a CPU).
 - ours: `finetune_trainer.methods.sft.build` on a `Run` made from the quickstart manifest with
-  `packing: true` (rows packed into max-length windows, padding-free, loss on the assistant turns).
+  `packing: true`: rows packed into max-length windows, padding-free, each row attending only to itself
+  (`finetune_trainer.attention`), loss on the assistant turns, and the LM head projecting only those
+  (`finetune_trainer.lm_head`).
 
 Tokens/s counts the real tokens of the batches trained on in the timed steps (pads left out); each run is
 its own process, so its peak RSS is its own. The ratio ours/plain is the aim (1.3x or better). Tokens per
 CPU-second (the process's CPU time, all threads) is printed too, with the cores' worth of CPU time each
 run got: on a machine shared with other work it varies less than wall time.
 
-`--unpacked` adds a third run, ours with packing off, which separates what packing does from the rest.
+`--unpacked` adds a third run, ours with packing off (padded batches, the LM head still on learned positions
+only), which separates what packing does from the rest. The `learned` column is the share of the tokens
+trained on that carry a label.
 
     python bench/sft_throughput.py [--steps 8] [--warmup 2] [--batch-size 8] [--max-length 256]
                                    [--repeats 1] [--unpacked] [--quick]
@@ -50,19 +55,22 @@ ENV = {"HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLEL
 
 class TokenCounter:
     """Wraps a trainer's `training_step`: counts the real tokens of every batch it trains on (the attention
-    mask's ones, or every token of a padding-free batch, which has no pads), and every token fed."""
+    mask's ones, or every token of a padding-free batch, which has no pads), every token fed, and the
+    tokens with a label."""
 
     def __init__(self, trainer: Any) -> None:
         self.training_step = trainer.training_step
         trainer.training_step = self
         self.tokens = 0
         self.fed = 0
+        self.learned = 0
 
     def __call__(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         fed = int(inputs["input_ids"].numel())
         mask = inputs.get("attention_mask")
         self.tokens += int(mask.sum()) if mask is not None else fed
         self.fed += fed
+        self.learned += int((inputs["labels"] != -100).sum())
         return self.training_step(model, inputs, *args, **kwargs)
 
 
@@ -72,12 +80,12 @@ def meter(counter: TokenCounter, warmup: int, steps: int) -> Any:
 
     class Meter(TrainerCallback):
         def __init__(self) -> None:
-            self.marks: dict[int, tuple[float, float, int, int]] = {}
+            self.marks: dict[int, tuple[float, float, int, int, int]] = {}
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             if state.global_step in (warmup, warmup + steps):
                 clocks = (time.perf_counter(), time.process_time())
-                self.marks[state.global_step] = (*clocks, counter.tokens, counter.fed)
+                self.marks[state.global_step] = (*clocks, counter.tokens, counter.fed, counter.learned)
             if state.global_step >= warmup + steps:
                 control.should_training_stop = True
             return control
@@ -156,10 +164,11 @@ def worker(args: argparse.Namespace) -> None:
     marks = metered.marks
     if len(marks) < 2:
         raise RuntimeError(f"the run ended after {trainer.state.global_step} steps, before the last mark")
-    (t0, c0, n0, f0), (t1, c1, n1, f1) = marks[args.warmup], marks[args.warmup + args.steps]
+    (t0, c0, n0, f0, l0), (t1, c1, n1, f1, l1) = marks[args.warmup], marks[args.warmup + args.steps]
     result = {
         "tokens": n1 - n0,
         "fed": f1 - f0,
+        "learned": l1 - l0,
         "seconds": t1 - t0,
         "cpu_seconds": c1 - c0,
         "steps": args.steps,
@@ -217,8 +226,8 @@ def main() -> None:
         for which in runs:
             results[which].append(measure(which, model_dir, args))
     print(
-        f"\n{'run':<14} {'tokens':>7} {'tokens/step':>11} {'padding':>7} {'s/step':>7} {'cores':>5} "
-        f"{'tokens/s':>8} {'tokens/CPU-s':>12} {'peak RSS':>9}"
+        f"\n{'run':<14} {'tokens':>7} {'tokens/step':>11} {'padding':>7} {'learned':>7} {'s/step':>7} "
+        f"{'cores':>5} {'tokens/s':>8} {'tokens/CPU-s':>12} {'peak RSS':>9}"
     )
     best: dict[str, tuple[float, float]] = {}
     cores: list[float] = []
@@ -228,8 +237,8 @@ def main() -> None:
             cores.append(r["cpu_seconds"] / seconds)
             print(
                 f"{which:<14} {tokens:7,} {tokens / steps:11,.0f} {1 - tokens / r['fed']:7.1%} "
-                f"{seconds / steps:7.2f} {cores[-1]:5.2f} {tokens / seconds:8.1f} "
-                f"{tokens / r['cpu_seconds']:12.1f} {r['peak_rss_mib']:5.0f} MiB"
+                f"{r['learned'] / tokens:7.1%} {seconds / steps:7.2f} {cores[-1]:5.2f} "
+                f"{tokens / seconds:8.1f} {tokens / r['cpu_seconds']:12.1f} {r['peak_rss_mib']:5.0f} MiB"
             )
         best[which] = (
             max(r["tokens"] / r["seconds"] for r in measured),

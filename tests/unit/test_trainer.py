@@ -6,19 +6,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from trl.trainer import utils
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from datagen import chat_rows, jsonl, preference_rows
 from finetune_api.trainer_config import TrainerConfig
 from finetune_api.v1alpha1.common import DatasetFormat
 from finetune_api.v1alpha1.finetunejob import Adapter, AdapterType
-from finetune_trainer import builtin
+from finetune_trainer import attention, builtin, lm_head
 from finetune_trainer.builtin import order_json
 from finetune_trainer.data.rows import Row, read_jsonl
 from finetune_trainer.evaluation.task import evaluate
 from finetune_trainer.methods.sft import encode
 from finetune_trainer.models import ModelError, load_kwargs
-from tinymodels import causal_lm, tokenizer
+from tinymodels import causal_lm, llama_config, tokenizer
 from trainrun import contract
 
 
@@ -107,3 +110,51 @@ def test_holdout_metric_follows_the_method(tmp_path: Path) -> None:
         )
         result = evaluate(model, tok, holdout(prompts), DatasetFormat.RFT, rft)
         assert (result["metric"], result["score"], result["rows"]) == ("reward", expected, 3)
+
+
+def test_packed_rows_train_exactly_as_if_each_were_alone(tok, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Padding-free SFT attends within each packed row (`varlen_sdpa`) and projects only the learned
+    positions through the LM head: the loss and every gradient equal those of the rows run one by one, and
+    the head sees no position without a label."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(llama_config(tok))
+    encoded = [encode(tok, row, 512) for row in chat_rows(3)]
+    examples = [
+        {"input_ids": e["input_ids"], "labels": [t if m else -100 for t, m in zip(*e.values(), strict=True)]}
+        for e in encoded
+    ]
+
+    total, separately = 0, []
+    for example in examples:
+        ids, labels = torch.tensor([example["input_ids"]]), torch.tensor(example["labels"][1:])
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
+        separately.append(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        total += int((labels != -100).sum())
+    expected = torch.stack(separately).sum() / total
+    expected.backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    scored: list[int] = []
+    kernel = utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):  # type: ignore[no-untyped-def]
+            scored.append(hidden.shape[0])
+            return kernel.apply(hidden, *args)
+
+    monkeypatch.setattr(utils, "_ChunkedLogProbFunction", Spy)
+    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # put back after the test
+    lm_head.score_labelled_only()
+    utils.add_fused_lm_head(model)
+    model.config._attn_implementation = attention.register()
+    batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
+    assert batch["input_ids"].shape[0] == 1  # one row holding the three
+    packed = model(**batch, use_cache=False, fused_lm_head=True).loss
+    packed.backward()
+
+    assert scored == [total]
+    assert packed.item() == pytest.approx(expected.item(), rel=1e-5)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)

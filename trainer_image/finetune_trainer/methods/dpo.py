@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from finetune_api.v1alpha1.finetunejob import DpoSettings
+from finetune_trainer import lm_head
 from finetune_trainer.data.rows import Row
 from finetune_trainer.methods import Run, plain_messages
 from finetune_trainer.models import load_kwargs, materialize, peft_config
@@ -40,6 +41,7 @@ def dataset(rows: list[Row]) -> Dataset:
 
 def build(run: Run) -> DPOTrainer:
     settings = run.config.dpo or DpoSettings()
+    lm_head.score_labelled_only()
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

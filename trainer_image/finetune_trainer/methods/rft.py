@@ -28,6 +28,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from finetune_trainer import lm_head
 from finetune_trainer.data.rows import Row
 from finetune_trainer.graders import Compiled, compile_grader, sample_from_text
 from finetune_trainer.methods import Run, plain_messages
@@ -95,6 +96,7 @@ def build(run: Run) -> GRPOTrainer:
     settings = run.config.rft
     if settings is None:
         raise ValueError("method rft needs rft settings with a grader")
+    lm_head.score_labelled_only()
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -5,7 +5,8 @@ every assistant message is learned (or the completion, for prompt/completion row
 `"weight": 0`; system, user and tool text is context. The mask comes from rendering the conversation
 message by message with the model's own chat template and marking the characters each assistant turn
 adds (its content and end-of-turn token). `packing` packs rows into `maxSeqLength` windows without
-padding (TRL's best-fit decreasing, with position ids so rows do not attend across each other).
+padding (TRL's best-fit decreasing, with position ids so rows do not attend across each other), and
+attends within each row only (`finetune_trainer.attention`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
+from finetune_trainer import attention, lm_head
 from finetune_trainer.data.rows import Row
 from finetune_trainer.methods import Run, plain_messages
 from finetune_trainer.models import load_kwargs, peft_config
@@ -62,13 +64,15 @@ def dataset(tokenizer: PreTrainedTokenizerBase, rows: list[Row], max_length: int
 
 
 def build(run: Run) -> SFTTrainer:
+    lm_head.score_labelled_only()
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        run.model_dir, **load_kwargs(run.config.adapter, gpu=run.gpu)
-    )
     packing = run.hp.packing
+    kwargs = load_kwargs(run.config.adapter, gpu=run.gpu)
+    if packing:
+        kwargs["attn_implementation"] = attention.padding_free(gpu=run.gpu)
+    model = AutoModelForCausalLM.from_pretrained(run.model_dir, **kwargs)
     args = SFTConfig(
         **run.common_args(),
         max_length=run.hp.max_seq_length,
