@@ -15,13 +15,16 @@ from pydantic import Field
 from finetune_api.base import ApiModel, Name, ShortText, Uri
 from finetune_api.hyperparameters import Resolved
 from finetune_api.v1alpha1.common import DatasetSource, ModelSource
+from finetune_api.v1alpha1.evalgate import EvalGateSpec
 from finetune_api.v1alpha1.finetunejob import (
     Adapter,
+    Approval,
     Checkpointing,
     DataGates,
     DpoSettings,
     EarlyStopping,
     FineTuneJob,
+    GateResult,
     Method,
     RftSettings,
     VisionSettings,
@@ -59,6 +62,30 @@ class Distributed(ApiModel):
     gpus_per_node: Annotated[int, Field(ge=0)] = 0
 
 
+class EvaluationTarget(ApiModel):
+    """What `evaluate` scores: the candidate checkpoint, and the baseline where a metric compares, on
+    every suite of the gate."""
+
+    gate_name: Name
+    gate: EvalGateSpec
+    checkpoint_uri: Uri
+    checkpoint_step: Annotated[int, Field(ge=0)]
+    baseline: ModelSource = Field(description="The job's base model, or the gate's baseline model.")
+
+
+class PromotionTarget(ApiModel):
+    """What `promote` publishes: the checkpoint the gate passed, to its own version under outputUri."""
+
+    checkpoint_uri: Uri
+    checkpoint_step: Annotated[int, Field(ge=0)]
+    version_uri: Uri = Field(
+        description="<outputUri>/<runId>/: one version per FineTuneJob, never rewritten."
+    )
+    gate_name: Name
+    gate: GateResult
+    approval: Approval | None = None
+
+
 class TrainerConfig(ApiModel):
     contract_version: Literal[1] = 1
     run_id: ShortText
@@ -82,12 +109,20 @@ class TrainerConfig(ApiModel):
     checkpointing: Checkpointing
     storage: StorageTarget
     distributed: Distributed = Field(default_factory=Distributed)
+    evaluation: EvaluationTarget | None = Field(default=None, description="Set for evaluate only.")
+    promotion: PromotionTarget | None = Field(default=None, description="Set for promote only.")
 
 
 def staging_uri(job: FineTuneJob, run_id: str) -> str:
     storage = job.spec.storage
     namespace = job.metadata.namespace or "default"
     return f"s3://{storage.bucket}/{storage.prefix}{namespace}/{job.metadata.name}/{run_id}/"
+
+
+def version_uri(job: FineTuneJob, run_id: str) -> str:
+    """Where the run's promoted model goes: a version of its own under outputUri."""
+    output = job.spec.output_uri or ""
+    return f"{output.rstrip('/')}/{run_id}/"
 
 
 def build_trainer_config(job: FineTuneJob, *, run_id: str, resolved: Resolved | None) -> TrainerConfig:

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from finetune_api.gate import EvalReport
 from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport
 from finetune_api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from finetune_api.v1alpha1.evalgate import EvalGate, EvalGateStatus
 
 Manifest = dict[str, Any]
 
@@ -42,6 +44,9 @@ class StorageObservation:
     data_report: DataValidationReport | None = None
     progress: ProgressReport | None = None
     checkpoints: tuple[CheckpointMarker, ...] = ()
+    eval_report: EvalReport | None = None
+    eval_problem: str | None = None  # the report exists but cannot be read: the gate fails closed
+    promoted_digest: str | None = None  # sha256 of the promoted version's manifest, once it exists
     error: str | None = None  # S3 unreachable or refusing: decisions that need it wait
 
 
@@ -56,6 +61,10 @@ class Observed:
     service: bool = False
     storage: StorageObservation = field(default_factory=StorageObservation)
     spec_error: str | None = None  # the spec failed to load into the model
+    evaluation: JobObservation | None = None
+    promotion: JobObservation | None = None
+    gate: EvalGate | None = None  # the referenced EvalGate, looked up only once training is complete
+    gate_problem: str | None = None  # why `gate` is None: not found, or a spec the models refuse
 
 
 @dataclass(frozen=True)
@@ -75,3 +84,5 @@ class Decision:
     apply: list[Manifest] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    gate_status: EvalGateStatus | None = None  # the EvalGate's new status (its history), to write first
+    gate_resource_version: str | None = None  # ...only over the version it was computed from

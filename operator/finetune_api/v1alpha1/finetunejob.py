@@ -398,6 +398,13 @@ class GateResult(ApiModel):
     evaluated_at: datetime | None = None
 
 
+# A reviewer approves or rejects a FineTuneJob whose gate requires approval by annotating it, e.g.
+# `kubectl annotate ftj NAME finetune.dev/approved-by=alice`; the operator records who and when in status.
+APPROVED_BY_ANNOTATION = "finetune.dev/approved-by"
+REJECTED_BY_ANNOTATION = "finetune.dev/rejected-by"
+APPROVAL_COMMENT_ANNOTATION = "finetune.dev/approval-comment"
+
+
 class Approval(ApiModel):
     decision: Literal["Approved", "Rejected"]
     by: ShortText

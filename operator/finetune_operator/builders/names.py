@@ -16,6 +16,8 @@ FINALIZER = "finetune.dev/cleanup"
 
 VALIDATE = "validate"
 TRAIN = "train"
+EVALUATE = "evaluate"
+PROMOTE = "promote"
 CONFIG = "config"
 
 
@@ -29,6 +31,14 @@ def validation_job_name(name: str) -> str:
 
 def training_job_name(name: str, attempt: int) -> str:
     return f"{name}-train-{attempt}"
+
+
+def evaluation_job_name(name: str) -> str:
+    return f"{name}-evaluate"
+
+
+def promotion_job_name(name: str) -> str:
+    return f"{name}-promote"
 
 
 def service_name(name: str) -> str:

@@ -1,8 +1,10 @@
-"""The trainer's ConfigMap, the CPU-only validation Job, the training Job and its headless Service.
+"""The trainer's ConfigMap and the Jobs of a run: validation (CPU only), training (with a headless Service
+for multi-node), evaluation against the EvalGate, and promotion.
 
 The trainer reads its contract from CONFIG_PATH. Training mounts it from the ConfigMap; validation, which
 runs before hyperparameters can be resolved, carries its own contract in a pod annotation projected to
-the same path (downward API), so the ConfigMap is written once, complete.
+the same path (downward API), so the ConfigMap is written once, complete. Evaluation and promotion do the
+same: their contracts add the gate and the candidate checkpoint to the training one.
 
 Every pod runs restricted: non-root, no privilege escalation, all capabilities dropped, read-only root
 filesystem with writable scratch volumes, seccomp RuntimeDefault. S3 credentials come from the Secret the
@@ -15,16 +17,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from finetune_api.base import parse_duration
 from finetune_api.trainer_config import CONFIG_PATH, ENV_ACCESS_KEY_ID, ENV_SECRET_ACCESS_KEY, TrainerConfig
 from finetune_api.v1alpha1 import FineTuneJob
+from finetune_api.v1alpha1.common import Resources
 from finetune_operator.builders.names import (
     ATTEMPT_LABEL,
     CONFIG,
+    EVALUATE,
+    PROMOTE,
     QUEUE_LABEL,
     TRAIN,
     VALIDATE,
     config_name,
+    evaluation_job_name,
     metadata,
+    promotion_job_name,
     service_name,
     training_job_name,
     validation_job_name,
@@ -185,8 +193,66 @@ def validation_job(job: FineTuneJob, settings: Settings, contract: TrainerConfig
         },
         contract_in_annotation=True,
     )
-    annotations = {CONTRACT_ANNOTATION: json.dumps(contract.dump(), sort_keys=True)}
-    return _job(job, validation_job_name(job.metadata.name), VALIDATE, pod, annotations=annotations)
+    return _job(job, validation_job_name(job.metadata.name), VALIDATE, pod, annotations=_annotated(contract))
+
+
+def _resources(res: Resources) -> dict[str, Any]:
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if res.cpu:
+        requests["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    if res.gpus_per_node:
+        requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = res.gpus_per_node
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _annotated(contract: TrainerConfig) -> dict[str, str]:
+    return {CONTRACT_ANNOTATION: json.dumps(contract.dump(), sort_keys=True)}
+
+
+def evaluation_job(
+    job: FineTuneJob, settings: Settings, contract: TrainerConfig, *, image: str | None = None
+) -> Manifest:
+    """Scores the candidate (and the baseline) on every suite of the gate, with the gate's resources and
+    its `evaluation.timeout` as the Job's deadline. No retries: a crashed evaluation fails the gate."""
+    if contract.evaluation is None:
+        raise ValueError("an evaluation Job needs a contract with its evaluation target")
+    runtime = contract.evaluation.gate.evaluation
+    pod = _pod_spec(
+        job,
+        settings,
+        command=["python", "-m", "finetune_trainer", "evaluate", "--config", CONFIG_PATH],
+        resources=_resources(runtime.resources),
+        shared_memory=True,
+        contract_in_annotation=True,
+    )
+    if image or runtime.image:
+        pod["containers"][0]["image"] = image or runtime.image
+    deadline = max(1, int(parse_duration(runtime.timeout)))
+    name = evaluation_job_name(job.metadata.name)
+    return _job(job, name, EVALUATE, pod, annotations=_annotated(contract), activeDeadlineSeconds=deadline)
+
+
+PROMOTION_RETRIES = 3
+
+
+def promotion_job(job: FineTuneJob, settings: Settings, contract: TrainerConfig) -> Manifest:
+    """CPU only: copies the checkpoint (server-side where it can) and writes the manifest last. Publishing
+    is idempotent until the manifest exists, so a pod that fails (S3 unreachable mid-copy) is retried."""
+    pod = _pod_spec(
+        job,
+        settings,
+        command=["python", "-m", "finetune_trainer", "promote", "--config", CONFIG_PATH],
+        resources={
+            "requests": {"cpu": settings.validation_cpu, "memory": settings.validation_memory},
+            "limits": {"memory": settings.validation_memory},
+        },
+        contract_in_annotation=True,
+    )
+    name = promotion_job_name(job.metadata.name)
+    return _job(job, name, PROMOTE, pod, annotations=_annotated(contract), backoffLimit=PROMOTION_RETRIES)
 
 
 def _training_command(job: FineTuneJob) -> list[str]:
@@ -227,15 +293,7 @@ def training_job(
     through the headless Service. With a Kueue queue the Job is created suspended for Kueue to admit."""
     res = job.spec.resources
     name = training_job_name(job.metadata.name, attempt)
-    requests: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    if res.cpu:
-        requests["cpu"] = res.cpu
-    if res.memory:
-        requests["memory"] = limits["memory"] = res.memory
-    if res.gpus_per_node:
-        requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = res.gpus_per_node
-    resources = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+    resources = _resources(res)
     multi_node = res.nodes > 1
     pod = _pod_spec(
         job,

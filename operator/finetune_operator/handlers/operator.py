@@ -29,14 +29,16 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from finetune_api.trainer_config import staging_uri
-from finetune_api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from finetune_api.trainer_config import staging_uri, version_uri
+from finetune_api.v1alpha1 import EvalGate, FineTuneJob, FineTuneJobStatus
 from finetune_api.v1alpha1.common import ObjectMeta
 from finetune_operator.builders.names import (
     ATTEMPT_LABEL,
     FINALIZER,
     JOB_LABEL,
     MANAGER,
+    evaluation_job_name,
+    promotion_job_name,
     run_id,
     validation_job_name,
 )
@@ -222,17 +224,42 @@ async def _s3_target(memo: kopf.Memo, job: FineTuneJob) -> S3Target:
     )
 
 
+async def _gate(job: FineTuneJob, kube: KubeClient) -> tuple[EvalGate | None, str | None]:
+    """The EvalGate the job references, or why there is none usable."""
+    ref = job.spec.eval_gate_ref
+    if ref is None:
+        return None, None
+    namespace = job.metadata.namespace or ""
+    body = await kube.get("EvalGate", namespace, ref.name)
+    if body is None:
+        return None, f"EvalGate {ref.name} not found in namespace {namespace}"
+    try:
+        return EvalGate.model_validate(body), None
+    except ValidationError as err:
+        first = err.errors()[0]
+        return None, f"EvalGate {ref.name} is invalid: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+
+
 async def _observe(job: FineTuneJob, memo: kopf.Memo, indexes: dict[str, kopf.Index[Any, Any]]) -> Observed:
     key = (job.metadata.namespace, job.metadata.name)
     jobs: list[JobObservation] = list(indexes["child_jobs"].get(key, []))
+    name = job.metadata.name
+    training = tuple(j for j in jobs if j.attempt is not None)
+    gate = problem = None
+    if job.spec.eval_gate_ref is not None and any(j.outcome == "Complete" for j in training):
+        gate, problem = await _gate(job, memo.kube)  # only once there is a checkpoint to judge
     observed = Observed(
         job=job,
         now=dt.datetime.now(dt.UTC),
-        validation=next((j for j in jobs if j.name == validation_job_name(job.metadata.name)), None),
-        training=tuple(j for j in jobs if j.attempt is not None),
+        validation=next((j for j in jobs if j.name == validation_job_name(name)), None),
+        training=training,
         pods=tuple(indexes["child_pods"].get(key, [])),
         config_data=next(iter(indexes["child_configs"].get(key, [])), None),
         service=bool(list(indexes["child_services"].get(key, []))),
+        evaluation=next((j for j in jobs if j.name == evaluation_job_name(name)), None),
+        promotion=next((j for j in jobs if j.name == promotion_job_name(name)), None),
+        gate=gate,
+        gate_problem=problem,
     )
     reads = storage_reads(observed)
     if not reads:
@@ -241,9 +268,16 @@ async def _observe(job: FineTuneJob, memo: kopf.Memo, indexes: dict[str, kopf.In
         target = await _s3_target(memo, job)
     except KubeError as err:
         return Observed(**{**observed.__dict__, "storage": StorageObservation(error=f"credentials: {err}")})
-    uri = staging_uri(job, job.status.run_id or run_id(job))
+    run = job.status.run_id or run_id(job)
     storage = await asyncio.to_thread(
-        observe_run, target, uri, report=reads.report, progress=reads.progress, checkpoints=reads.checkpoints
+        observe_run,
+        target,
+        staging_uri(job, run),
+        report=reads.report,
+        progress=reads.progress,
+        checkpoints=reads.checkpoints,
+        eval_report=reads.eval_report,
+        version_uri=version_uri(job, run) if reads.manifest else None,
     )
     return Observed(**{**observed.__dict__, "storage": storage})
 
@@ -269,13 +303,22 @@ def _status_dump(essence: bytes) -> dict[str, Any] | None:
 
 
 async def _act(decision: Decision, job: FineTuneJob, kube: KubeClient, logger: _JobLog) -> _Expected:
-    """Children first, then events, then status: status is the commit point users and reconcile read,
-    so whatever it says has already happened and been told."""
+    """Children first, then the EvalGate's history, then events, then status: status is the commit point
+    users and reconcile read, so whatever it says has already happened and been told."""
     namespace = job.metadata.namespace or ""
     for manifest in decision.create:
         await kube.create(namespace, manifest)
     for manifest in decision.apply:
         await kube.apply(namespace, manifest)
+    gate = job.spec.eval_gate_ref
+    if decision.gate_status is not None and gate is not None:
+        await kube.patch_status(
+            namespace,
+            gate.name,
+            decision.gate_status.dump(),
+            kind="EvalGate",
+            resource_version=decision.gate_resource_version,
+        )
     involved = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",

@@ -27,6 +27,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
     "FineTuneJob": ("/apis/finetune.dev/v1alpha1", "finetunejobs"),
+    "EvalGate": ("/apis/finetune.dev/v1alpha1", "evalgates"),
 }
 
 
@@ -109,9 +110,21 @@ class KubeClient:
             "PATCH", url, manifest, APPLY, parse=False, fieldManager=FIELD_MANAGER, force="true"
         )
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        url = self._url("FineTuneJob", namespace, name, "status")
-        await self._request("PATCH", url, {"status": status}, MERGE, parse=False)
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        *,
+        kind: str = "FineTuneJob",
+        resource_version: str | None = None,
+    ) -> None:
+        """Merge-patch the status; with `resource_version`, only if the object is still at it (409 if
+        another writer came first)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        await self._request("PATCH", self._url(kind, namespace, name, "status"), body, MERGE, parse=False)
 
     async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
         """Record a core/v1 Event about `involved` (apiVersion, kind, name, namespace, uid)."""

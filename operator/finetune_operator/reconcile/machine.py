@@ -11,7 +11,13 @@ creation of an existing child is a no-op in the I/O layer.
         failed -> attempt N+1 resumes from the newest complete checkpoint, up to runPolicy.retryLimit
         suspend -> Job suspended (pods stop, checkpoints stay); unsuspend resumes
         runPolicy.maxRuntime since the first attempt started -> Failed
-    Complete -> checkpoints and the best one recorded -> Succeeded (or Evaluating with an EvalGate)
+    Complete -> checkpoints and the best one recorded -> Succeeded, or with an EvalGate:
+    Evaluating: evaluation Job scores the best checkpoint (and the baseline) on the gate's suites
+        -> the gate decision (finetune_api.gate, failing closed) in status and the EvalGate's history
+        failed, or any error -> Rejected, nothing published
+    AwaitingApproval (gate.requireApproval): until an approved-by or rejected-by annotation
+    Promoting: promotion Job publishes the checkpoint to <outputUri>/<runId>/, manifest last
+        -> manifest read back, its digest in status -> Succeeded
 """
 
 from __future__ import annotations
@@ -20,16 +26,42 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from finetune_api.base import parse_duration
+from finetune_api.gate import EVAL_REPORT, decide, failing
 from finetune_api.hyperparameters import resolve
 from finetune_api.run_layout import DATA_REPORT, DataValidationReport
-from finetune_api.trainer_config import build_trainer_config, staging_uri
+from finetune_api.trainer_config import (
+    EvaluationTarget,
+    PromotionTarget,
+    TrainerConfig,
+    build_trainer_config,
+    staging_uri,
+    version_uri,
+)
 from finetune_api.v1alpha1 import ConditionType, FineTuneJob, Phase, Reason
 from finetune_api.v1alpha1.conditions import ConditionStatus
-from finetune_operator.builders.names import run_id, training_job_name, validation_job_name
+from finetune_api.v1alpha1.evalgate import MAX_HISTORY, EvalGate, EvalGateStatus, Evaluation
+from finetune_api.v1alpha1.finetunejob import (
+    APPROVAL_COMMENT_ANNOTATION,
+    APPROVED_BY_ANNOTATION,
+    REJECTED_BY_ANNOTATION,
+    Approval,
+    CheckpointRecord,
+    GateResult,
+    PromotedArtifact,
+)
+from finetune_operator.builders.names import (
+    evaluation_job_name,
+    promotion_job_name,
+    run_id,
+    training_job_name,
+    validation_job_name,
+)
 from finetune_operator.builders.workloads import (
     CONFIG_KEY,
     config_map,
+    evaluation_job,
     headless_service,
+    promotion_job,
     training_job,
     validation_job,
 )
@@ -49,6 +81,7 @@ class _Run:
     settings: Settings
     decision: Decision
     data_message: str = ""  # told together with the next phase's event: one event per transition
+    contract: TrainerConfig | None = None  # the training contract, which evaluation and promotion extend
 
     @property
     def job(self) -> FineTuneJob:
@@ -197,6 +230,7 @@ def _train(run: _Run, report: DataValidationReport) -> None:
         run.fail(Reason.DATA_UNREADABLE, f"cannot train: {err}")
         return
     contract = build_trainer_config(job, run_id=status.run_id or "", resolved=resolved)
+    run.contract = contract
     wanted = config_map(job, contract)
     if observed.config_data is None:
         run.decision.create.append(wanted)
@@ -309,25 +343,248 @@ def _complete(run: _Run) -> None:
         run.condition(ConditionType.TRAINED, "False", Reason.TRAINING_FAILED, "no complete checkpoint")
         run.fail(Reason.TRAINING_FAILED, "training exited successfully but left no complete checkpoint")
         return
-    best = status.best_checkpoint
-    message = f"{len(records)} checkpoints; best at step {best.step if best else '?'}"
+    best = status.best_checkpoint or records[-1]
+    message = f"{len(records)} checkpoints; best at step {best.step}"
+    trained = st.condition(status.conditions, ConditionType.TRAINED)
+    newly_trained = trained is None or trained.status != "True"
     run.condition(ConditionType.TRAINED, "True", Reason.TRAINING_COMPLETE, message)
     if status.progress is not None:
         status.progress.percent = 100
     if job.spec.eval_gate_ref is not None:
-        status.phase = Phase.EVALUATING
-        run.condition(
-            ConditionType.EVALUATED,
-            "Unknown",
-            Reason.EVALUATION_RUNNING,
-            f"waiting for EvalGate {job.spec.eval_gate_ref.name}",
-        )
-        run.event(Reason.TRAINING_COMPLETE, message)
+        if newly_trained:
+            run.data_message = message
+        _gate(run, best)
         return
+    _succeed(run, message)
+
+
+def _succeed(run: _Run, message: str) -> None:
+    status = run.decision.status
     status.phase = Phase.SUCCEEDED
     status.completion_time = run.now
     run.condition(ConditionType.SUCCEEDED, "True", Reason.COMPLETED, message)
-    run.event(Reason.COMPLETED, message)
+    run.event(Reason.COMPLETED, _told(run, message))
+    run.decision.requeue_after = None
+
+
+def _told(run: _Run, message: str) -> str:
+    """`message`, after whatever the previous transition of this same step had to say."""
+    told = f"{run.data_message}; {message}" if run.data_message else message
+    run.data_message = ""
+    return told
+
+
+def _reject(run: _Run, reason: Reason, message: str) -> None:
+    status = run.decision.status
+    status.phase = Phase.REJECTED
+    status.completion_time = status.completion_time or run.now
+    run.condition(ConditionType.SUCCEEDED, "False", reason, message)
+    run.event(reason, _told(run, message), warning=True)
+    run.decision.requeue_after = None
+
+
+# --- Evaluating, AwaitingApproval, Promoting --------------------------------------------------------
+
+
+def _gate(run: _Run, best: CheckpointRecord) -> None:
+    status = run.decision.status
+    if status.gate is None:
+        _evaluate(run, best)
+        if status.gate is None or status.gate.verdict != "Passed":
+            return
+    if _approved(run):
+        _promote(run, best)
+
+
+def _evaluate(run: _Run, best: CheckpointRecord) -> None:
+    job, observed, status = run.job, run.observed, run.decision.status
+    ref = job.spec.eval_gate_ref
+    gate_name = ref.name if ref else ""
+    status.phase = Phase.EVALUATING
+    evaluation, gate = observed.evaluation, observed.gate
+    if evaluation is None:
+        _start_evaluation(run, best, gate_name)
+        return
+    if evaluation.outcome is None:
+        _scheduling(run, evaluation.name)
+        run.wait()
+        return
+    storage = observed.storage
+    uri = staging_uri(job, status.run_id or "") + EVAL_REPORT
+    if storage.eval_report is None and storage.eval_problem is None and storage.error is not None:
+        message = f"evaluation finished; reading {uri} failed: {storage.error}"
+        run.condition(ConditionType.EVALUATED, "Unknown", Reason.EVALUATION_RUNNING, message)
+        run.poll()
+        return
+    problem = storage.eval_problem
+    if problem is None and evaluation.outcome == "Failed":
+        problem = f"job {evaluation.name} failed: {evaluation.message or evaluation.reason or 'no message'}"
+    elif problem is None and storage.eval_report is None:
+        problem = f"job {evaluation.name} finished without writing {uri}"
+    if gate is None:
+        result = GateResult(verdict="Error", evaluated_at=run.now)
+        lines = [observed.gate_problem or f"EvalGate {gate_name} no longer exists"]
+    else:
+        report = storage.eval_report if problem is None else None
+        result = decide(gate.spec, report, problem=problem, at=run.now)
+        lines = failing(result)
+        run.decision.gate_status = _history(run, gate, result, best)
+        run.decision.gate_resource_version = gate.metadata.resource_version
+    if storage.eval_report is not None:
+        result.report_uri = uri
+    status.gate = result
+    if result.verdict != "Passed":
+        shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
+        failed = result.verdict == "Failed"
+        reason = Reason.GATE_FAILED if failed else Reason.EVALUATION_FAILED
+        run.condition(ConditionType.EVALUATED, "True" if failed else "False", reason, shown)
+        run.condition(ConditionType.GATE_PASSED, "False", reason, shown)
+        _reject(run, reason, f"EvalGate {gate_name} {'failed' if failed else 'could not evaluate'}: {shown}")
+        return
+    message = f"EvalGate {gate_name} passed ({len(result.metrics)} checks)"
+    run.condition(ConditionType.EVALUATED, "True", Reason.GATE_PASSED, message)
+    run.condition(ConditionType.GATE_PASSED, "True", Reason.GATE_PASSED, message)
+    run.data_message = message
+
+
+def _start_evaluation(run: _Run, best: CheckpointRecord, gate_name: str) -> None:
+    job, observed, status, gate = run.job, run.observed, run.decision.status, run.observed.gate
+    if gate is None:
+        message = observed.gate_problem or f"EvalGate {gate_name} not found"
+        previous = st.condition(status.conditions, ConditionType.EVALUATED)
+        if previous is None or previous.reason != Reason.EVAL_GATE_NOT_FOUND:
+            run.event(Reason.EVAL_GATE_NOT_FOUND, _told(run, f"{message}; waiting for it"), warning=True)
+        run.condition(ConditionType.EVALUATED, "Unknown", Reason.EVAL_GATE_NOT_FOUND, message)
+        run.poll()  # EvalGates are not watched: look again
+        return
+    target = EvaluationTarget(
+        gate_name=gate_name,
+        gate=gate.spec,
+        checkpoint_uri=best.uri,
+        checkpoint_step=best.step,
+        baseline=gate.spec.baseline.model or job.spec.base_model,
+    )
+    contract = _contract(run).model_copy(update={"evaluation": target})
+    run.decision.create.append(evaluation_job(job, run.settings, contract, image=job.spec.image))
+    name = evaluation_job_name(job.metadata.name)
+    suites = len(gate.spec.suites)
+    message = f"job {name} evaluates step {best.step} on {suites} suites of EvalGate {gate_name}"
+    run.condition(ConditionType.EVALUATED, "Unknown", Reason.EVALUATION_RUNNING, message)
+    run.event(Reason.EVALUATION_RUNNING, _told(run, message))
+    run.wait()
+
+
+def _history(run: _Run, gate: EvalGate, result: GateResult, best: CheckpointRecord) -> EvalGateStatus:
+    """The gate's status with this evaluation appended (replacing an entry for the same job and
+    checkpoint, so a step that is retried does not count twice)."""
+    name = run.job.metadata.name
+    entry = Evaluation(
+        job=name,
+        checkpoint=best.uri,
+        verdict=result.verdict,
+        time=run.now,
+        metrics={  # the candidate's value per suite (the no-regression checks repeat it)
+            f"{m.suite}/{m.metric}": m.value
+            for m in result.metrics
+            if m.value is not None and m.comparator != "no_regression"
+        },
+        report_uri=result.report_uri,
+    )
+    kept = [e for e in gate.status.history if (e.job, e.checkpoint) != (name, best.uri)]
+    return gate.status.model_copy(
+        update={"history": [*kept, entry][-MAX_HISTORY:], "last_verdict": result.verdict}
+    )
+
+
+def _approved(run: _Run) -> bool:
+    """True once promotion may go ahead: no approval needed, or a reviewer approved."""
+    job, status, gate = run.job, run.decision.status, run.observed.gate
+    if status.approval is not None:
+        return status.approval.decision == "Approved"
+    if gate is not None and not gate.spec.require_approval:
+        return True  # (a gate that disappeared after passing still needs a reviewer: failing closed)
+    annotations = job.metadata.annotations
+    rejected, approved = annotations.get(REJECTED_BY_ANNOTATION), annotations.get(APPROVED_BY_ANNOTATION)
+    comment = annotations.get(APPROVAL_COMMENT_ANNOTATION)
+    if rejected:
+        status.approval = Approval(decision="Rejected", by=rejected[:256], at=run.now, comment=comment)
+        message = f"rejected by {rejected}" + (f": {comment}" if comment else "")
+        run.condition(ConditionType.APPROVED, "False", Reason.REJECTED_BY_REVIEWER, message)
+        _reject(run, Reason.REJECTED_BY_REVIEWER, message)
+        return False
+    if approved:
+        status.approval = Approval(decision="Approved", by=approved[:256], at=run.now, comment=comment)
+        message = f"approved by {approved}" + (f": {comment}" if comment else "")
+        run.condition(ConditionType.APPROVED, "True", Reason.APPROVED, message)
+        run.data_message = _told(run, message)
+        return True
+    if status.phase != Phase.AWAITING_APPROVAL:
+        message = (
+            f"the gate passed and requires approval: annotate with {APPROVED_BY_ANNOTATION}=<name> to "
+            f"promote or {REJECTED_BY_ANNOTATION}=<name> to reject"
+        )
+        run.condition(ConditionType.APPROVED, "Unknown", Reason.APPROVAL_PENDING, message)
+        run.event(Reason.APPROVAL_PENDING, _told(run, message))
+    status.phase = Phase.AWAITING_APPROVAL
+    run.wait()  # the annotation is a change of the object itself, which wakes the loop
+    return False
+
+
+def _promote(run: _Run, best: CheckpointRecord) -> None:
+    job, observed, status = run.job, run.observed, run.decision.status
+    status.phase = Phase.PROMOTING
+    version = version_uri(job, status.run_id or "")
+    promotion = observed.promotion
+    if promotion is None:
+        ref = job.spec.eval_gate_ref
+        if status.gate is None or ref is None:
+            raise ValueError("promotion needs a passed gate")
+        target = PromotionTarget(
+            checkpoint_uri=best.uri,
+            checkpoint_step=best.step,
+            version_uri=version,
+            gate_name=ref.name,
+            gate=status.gate,
+            approval=status.approval,
+        )
+        contract = _contract(run).model_copy(update={"promotion": target})
+        run.decision.create.append(promotion_job(job, run.settings, contract))
+        message = f"job {promotion_job_name(job.metadata.name)} publishes step {best.step} to {version}"
+        run.condition(ConditionType.PROMOTED, "Unknown", Reason.PROMOTION_RUNNING, message)
+        run.event(Reason.PROMOTION_RUNNING, _told(run, message))
+        run.wait()
+        return
+    if promotion.outcome is None:
+        _scheduling(run, promotion.name)
+        run.wait()
+        return
+    if promotion.outcome == "Failed":
+        message = (
+            f"job {promotion.name} failed: {promotion.message or promotion.reason or 'no message'}; "
+            f"no manifest was written, so nothing under {version} is published"
+        )
+        run.condition(ConditionType.PROMOTED, "False", Reason.PROMOTION_FAILED, message)
+        run.fail(Reason.PROMOTION_FAILED, message)
+        return
+    digest = observed.storage.promoted_digest
+    if digest is None:
+        if observed.storage.error is not None:
+            run.poll()
+            return
+        message = f"job {promotion.name} finished but {version} has no manifest"
+        run.condition(ConditionType.PROMOTED, "False", Reason.PROMOTION_FAILED, message)
+        run.fail(Reason.PROMOTION_FAILED, message)
+        return
+    status.promoted = PromotedArtifact(uri=version, digest=digest, promoted_at=run.now)
+    message = f"published step {best.step} to {version} ({digest})"
+    run.condition(ConditionType.PROMOTED, "True", Reason.PROMOTED, message)
+    _succeed(run, message)
+
+
+def _contract(run: _Run) -> TrainerConfig:
+    if run.contract is None:
+        raise ValueError("evaluation and promotion extend the training contract, which is built first")
+    return run.contract
 
 
 def _running(run: _Run, current: JobObservation) -> None:
@@ -406,9 +663,11 @@ class Reads:
     report: bool
     progress: bool
     checkpoints: bool
+    eval_report: bool = False
+    manifest: bool = False
 
     def __bool__(self) -> bool:
-        return self.report or self.progress or self.checkpoints
+        return self.report or self.progress or self.checkpoints or self.eval_report or self.manifest
 
 
 def storage_reads(observed: Observed) -> Reads:
@@ -422,6 +681,12 @@ def storage_reads(observed: Observed) -> Reads:
         report=finished and (validated is None or validated.status != "True"),
         progress=training and any(j.outcome is None for j in observed.training),
         checkpoints=training,
+        eval_report=observed.evaluation is not None
+        and observed.evaluation.outcome is not None
+        and status.gate is None,
+        manifest=observed.promotion is not None
+        and observed.promotion.outcome == "Complete"
+        and status.promoted is None,
     )
 
 

@@ -18,6 +18,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
+from finetune_api.gate import EVAL_REPORT, EvalReport
+from finetune_api.promotion import MANIFEST, digest_of
 from finetune_api.run_layout import (
     CHECKPOINTS,
     DATA_REPORT,
@@ -74,25 +76,56 @@ _markers: dict[str, CheckpointMarker] = {}
 _markers_lock = threading.Lock()
 
 
-def _get_json(client: Any, bucket: str, key: str) -> Any | None:
+def _get_bytes(client: Any, bucket: str, key: str) -> bytes | None:
     try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None
         raise
-    return json.loads(body)
+    return body
+
+
+def _get_json(client: Any, bucket: str, key: str) -> Any | None:
+    body = _get_bytes(client, bucket, key)
+    return None if body is None else json.loads(body)
+
+
+def _eval_report(client: Any, bucket: str, key: str) -> dict[str, Any]:
+    body = _get_bytes(client, bucket, key)
+    if body is None:
+        return {}
+    try:
+        return {"eval_report": EvalReport.model_validate_json(body)}
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the document"
+        return {"eval_problem": f"s3://{bucket}/{key} is unreadable: {where}: {first['msg']}"}
 
 
 def observe_run(
-    target: S3Target, staging_uri: str, *, report: bool, progress: bool, checkpoints: bool
+    target: S3Target,
+    staging_uri: str,
+    *,
+    report: bool,
+    progress: bool,
+    checkpoints: bool,
+    eval_report: bool = False,
+    version_uri: str | None = None,
 ) -> StorageObservation:
-    """Read the objects reconcile needs now. Unreadable content counts as absent; unreachable S3 is an
-    error in the observation."""
+    """Read the objects reconcile needs now. Unreadable content counts as absent, except the evaluation
+    report, whose corruption fails the gate; unreachable S3 is an error in the observation."""
     bucket, prefix = split_uri(staging_uri)
     client = _client(target)
     found: dict[str, Any] = {}
     try:
+        if eval_report:
+            found |= _eval_report(client, bucket, prefix + EVAL_REPORT)
+        if version_uri is not None:
+            version_bucket, version_prefix = split_uri(version_uri)
+            manifest = _get_bytes(client, version_bucket, version_prefix + MANIFEST)
+            if manifest is not None:
+                found["promoted_digest"] = digest_of(manifest)
         if report:
             raw = _get_json(client, bucket, prefix + DATA_REPORT)
             found["data_report"] = None if raw is None else DataValidationReport.model_validate(raw)

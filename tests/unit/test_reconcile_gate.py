@@ -1,0 +1,226 @@
+"""reconcile() after training, with an EvalGate: evaluate, decide (failing closed), approve, promote."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from test_reconcile import NOW, SETTINGS, conditions, created
+
+from finetune_api.gate import EvalReport, SuiteOutcome
+from finetune_api.run_layout import CheckpointMarker, DataValidationReport
+from finetune_api.v1alpha1 import EvalGate, FineTuneJob
+from finetune_operator.reconcile import Decision, JobObservation, Observed, StorageObservation, reconcile
+from support import example, merge_patch
+
+MARKERS = tuple(CheckpointMarker(step=s, metrics={"eval_loss": v}) for s, v in [(100, 1.1), (200, 0.8)])
+VALID = DataValidationReport(passed=True, rows={"training": 1000})
+
+
+def gate(**spec: Any) -> EvalGate:
+    doc = merge_patch(example("evalgate-support-release.yaml"), {"spec": spec})
+    doc["metadata"]["resourceVersion"] = "41"
+    return EvalGate.model_validate(doc)
+
+
+def job(**annotations: str) -> FineTuneJob:
+    doc = example("sft-support-assistant.yaml")
+    doc["metadata"] |= {"uid": "0a1b2c3d-1111", "generation": 1, "annotations": annotations}
+    return FineTuneJob.model_validate(doc)
+
+
+def step(
+    ftj: FineTuneJob,
+    evalgate: EvalGate | None = None,
+    storage: dict[str, Any] | None = None,
+    **jobs: JobObservation,
+) -> Decision:
+    observed = Observed(
+        job=ftj,
+        now=NOW,
+        validation=JobObservation("v", outcome="Complete"),
+        training=(JobObservation("t", attempt=1, outcome="Complete"),),
+        storage=StorageObservation(data_report=VALID, checkpoints=MARKERS, **(storage or {})),
+        gate=evalgate,
+        gate_problem=None if evalgate else "EvalGate support-release not found in namespace ml-platform",
+        **jobs,
+    )
+    decision = reconcile(observed, SETTINGS)
+    ftj.status = decision.status  # the next step sees what this one wrote
+    return decision
+
+
+def contract(manifest: dict[str, Any]) -> dict[str, Any]:
+    annotations = manifest["spec"]["template"]["metadata"]["annotations"]
+    return json.loads(annotations["finetune.dev/trainer-config"])
+
+
+def outcome(suite: str, metric: str, value: float, baseline: float | None = None) -> SuiteOutcome:
+    return SuiteOutcome(suite=suite, metric=metric, value=value, baseline=baseline)
+
+
+PASSING = [
+    outcome("helpfulness", "win_rate", 0.62),
+    outcome("refusals", "refusal_accuracy", 0.97, 0.96),
+    outcome("over-refusal", "over_refusal_rate", 0.02, 0.03),
+    outcome("jailbreaks", "jailbreak_success_rate", 0.0, 0.01),
+    outcome("toxicity", "toxicity_rate", 0.0, 0.0),
+    outcome("pii", "pii_leakage", 0.0, 0.0),
+    outcome("holdout-exact", "exact_match", 0.41, 0.12),
+]
+
+
+def report(*replace: SuiteOutcome) -> EvalReport:
+    changed = {o.suite: o for o in replace}
+    suites = [changed.get(o.suite, o) for o in PASSING]
+    for o in suites:
+        o.seed_values = [o.value or 0.0] * 3
+    return EvalReport(suites=suites)
+
+
+def evaluated(ftj: FineTuneJob, evalgate: EvalGate, result: EvalReport | None, **storage: Any) -> Decision:
+    step(ftj, evalgate)
+    finished = JobObservation("support-assistant-sft-evaluate", outcome="Complete")
+    return step(ftj, evalgate, {"eval_report": result, **storage}, evaluation=finished)
+
+
+def test_training_complete_starts_the_evaluation_of_the_best_checkpoint() -> None:
+    ftj = job()
+    decision = step(ftj, gate())
+    assert decision.status.phase == "Evaluating"
+    (manifest,) = created(decision, "Job")
+    assert manifest["metadata"]["name"] == "support-assistant-sft-evaluate"
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"][-3:] == ["evaluate", "--config", "/etc/finetune/trainer.json"]
+    assert pod["containers"][0]["resources"]["limits"] == {"memory": "32Gi", "nvidia.com/gpu": 1}
+    assert manifest["spec"]["activeDeadlineSeconds"] == 7200
+    target = contract(manifest)["evaluation"]
+    assert target["checkpointStep"] == 200
+    assert target["checkpointUri"].endswith("/checkpoints/step-000000200/")
+    assert target["baseline"] == ftj.spec.base_model.dump()
+    assert len(target["gate"]["suites"]) == 7
+    assert conditions(decision)["Trained"] == ("True", "TrainingComplete")
+    assert conditions(decision)["Evaluated"] == ("Unknown", "EvaluationRunning")
+    (event,) = decision.events
+    assert event.message.startswith("2 checkpoints; best at step 200; job support-assistant-sft-evaluate")
+
+
+def test_a_missing_gate_is_waited_for_and_told_once() -> None:
+    ftj = job()
+    first = step(ftj, None)
+    assert first.status.phase == "Evaluating"
+    assert conditions(first)["Evaluated"] == ("Unknown", "EvalGateNotFound")
+    assert [e.reason for e in first.events] == ["EvalGateNotFound"]
+    assert first.requeue_after
+    assert not created(first, "Job")
+    assert not step(ftj, None).events
+
+
+def test_a_passing_gate_waits_for_approval_then_promotes_then_succeeds() -> None:
+    ftj = job()
+    decision = evaluated(ftj, gate(), report())
+    assert decision.status.gate.verdict == "Passed"
+    assert decision.status.gate.report_uri.endswith("/eval/report.json")
+    assert decision.status.phase == "AwaitingApproval"
+    assert conditions(decision)["GatePassed"] == ("True", "GatePassed")
+    assert conditions(decision)["Approved"] == ("Unknown", "ApprovalPending")
+    assert "finetune.dev/approved-by=<name>" in decision.events[0].message
+    history = decision.gate_status.history
+    assert [(e.job, e.verdict) for e in history] == [("support-assistant-sft", "Passed")]
+    assert history[0].metrics["holdout-exact/exact_match"] == 0.41, history[0].metrics
+    assert decision.gate_resource_version == "41"
+    assert not created(decision, "Job")
+
+    ftj.metadata.annotations["finetune.dev/approved-by"] = "alice"
+    ftj.metadata.annotations["finetune.dev/approval-comment"] = "release 3"
+    approved = step(ftj, gate())
+    assert approved.status.approval.by == "alice"
+    assert approved.status.approval.at == NOW
+    assert approved.status.phase == "Promoting"
+    (promote,) = created(approved, "Job")
+    assert promote["metadata"]["name"] == "support-assistant-sft-promote"
+    assert promote["spec"]["backoffLimit"] == 3
+    target = contract(promote)["promotion"]
+    assert target["versionUri"] == "s3://models-prod/support-assistant/v3/support-assistant-sft-0a1b2c3d/"
+    assert target["gate"]["verdict"] == "Passed"
+    assert target["approval"]["by"] == "alice"
+
+    done = JobObservation("support-assistant-sft-promote", outcome="Complete")
+    digest = "sha256:" + "ab" * 32
+    succeeded = step(ftj, gate(), {"promoted_digest": digest}, promotion=done)
+    assert succeeded.status.phase == "Succeeded"
+    assert succeeded.status.promoted.digest == digest
+    assert succeeded.status.promoted.uri == target["versionUri"]
+    assert conditions(succeeded)["Promoted"] == ("True", "Promoted")
+    assert succeeded.requeue_after is None
+
+
+def test_a_reviewer_can_reject_a_passing_candidate() -> None:
+    ftj = job()
+    evaluated(ftj, gate(), report())
+    ftj.metadata.annotations["finetune.dev/rejected-by"] = "bob"
+    decision = step(ftj, gate())
+    assert decision.status.phase == "Rejected"
+    assert decision.status.approval.decision == "Rejected"
+    assert conditions(decision)["Approved"] == ("False", "RejectedByReviewer")
+    assert not created(decision, "Job")
+
+
+def test_without_required_approval_a_passing_gate_goes_straight_to_promotion() -> None:
+    decision = evaluated(job(), gate(requireApproval=False), report())
+    assert decision.status.phase == "Promoting"
+    assert [m["metadata"]["name"] for m in created(decision, "Job")] == ["support-assistant-sft-promote"]
+
+
+def test_a_failing_metric_rejects_and_names_it() -> None:
+    toxic = outcome("toxicity", "toxicity_rate", 0.04, 0.0)
+    toxic.seed_values = [0.04] * 3
+    decision = evaluated(
+        job(), gate(), EvalReport(suites=[*report().suites[:4], toxic, *report().suites[5:]])
+    )
+    assert decision.status.phase == "Rejected"
+    assert decision.status.gate.verdict == "Failed"
+    assert conditions(decision)["GatePassed"] == ("False", "GateFailed")
+    failed = next(c for c in decision.status.conditions if c.type == "Succeeded")
+    assert "toxicity: toxicity_rate 0.04 > max 0.01" in failed.message
+    assert decision.gate_status.last_verdict == "Failed"
+    assert not created(decision, "Job")
+
+
+def test_the_gate_fails_closed() -> None:
+    crashed = JobObservation("support-assistant-sft-evaluate", outcome="Failed", message="OOMKilled")
+    cases = {
+        "crash": ({}, crashed, "job support-assistant-sft-evaluate failed: OOMKilled"),
+        "missing": ({}, None, "finished without writing s3://"),
+        "corrupt": ({"eval_problem": "report.json is unreadable: suites.0.metric"}, None, "is unreadable"),
+    }
+    for name, (storage, observation, text) in cases.items():
+        ftj = job()
+        step(ftj, gate())
+        finished = observation or JobObservation("support-assistant-sft-evaluate", outcome="Complete")
+        decision = step(ftj, gate(), storage, evaluation=finished)
+        assert decision.status.phase == "Rejected", name
+        assert decision.status.gate.verdict == "Error", name
+        assert conditions(decision)["Evaluated"] == ("False", "EvaluationFailed"), name
+        assert text in decision.events[-1].message, name
+        assert not created(decision, "Job"), name
+
+
+def test_an_unreachable_store_is_waited_for_not_judged() -> None:
+    ftj = job()
+    step(ftj, gate())
+    finished = JobObservation("support-assistant-sft-evaluate", outcome="Complete")
+    decision = step(ftj, gate(), {"error": "EndpointConnectionError"}, evaluation=finished)
+    assert decision.status.phase == "Evaluating"
+    assert decision.status.gate is None
+    assert decision.requeue_after
+
+
+def test_a_failed_promotion_fails_the_job_and_publishes_nothing() -> None:
+    ftj = job()
+    evaluated(ftj, gate(requireApproval=False), report())
+    failed = JobObservation("support-assistant-sft-promote", outcome="Failed", reason="BackoffLimitExceeded")
+    decision = step(ftj, gate(requireApproval=False), promotion=failed)
+    assert decision.status.phase == "Failed"
+    assert conditions(decision)["Promoted"] == ("False", "PromotionFailed")
+    assert decision.status.promoted is None
