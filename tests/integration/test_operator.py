@@ -7,6 +7,7 @@ the operator's doing.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import time
@@ -398,3 +399,146 @@ def test_restarts_at_every_phase_boundary_duplicate_nothing(
     # every transition told exactly once, across three restarts
     reasons = [r for r, _ in scenario.events()]
     assert sorted(reasons) == sorted(["ValidationRunning", "TrainingRunning", "Completed"])
+
+
+# --- after training: the EvalGate, approval and promotion ---------------------------------------------
+
+
+OUTPUT = "s3://finetune-models/support/"
+
+
+def gated(scenario: Scenario, **gate_spec: Any) -> None:
+    """A job with an EvalGate (made in its namespace from the example, patched), trained to step 240."""
+    gate = merge_patch(example("evalgate-support-release.yaml"), {"spec": gate_spec})
+    gate["metadata"]["namespace"] = scenario.namespace
+    scenario.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(gate))
+    scenario.apply({"spec": {"evalGateRef": {"name": "support-release"}, "outputUri": OUTPUT}})
+    scenario.validate()
+    scenario.wait_job(f"{NAME}-train-1")
+    scenario.checkpoint(240, eval_loss=0.9)
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-train-1")
+
+
+def evaluation(**replaced: float) -> dict[str, Any]:
+    """The report an evaluate pod writes, passing unless a suite's value is replaced."""
+    values = {
+        "helpfulness": ("win_rate", 0.62, None),
+        "refusals": ("refusal_accuracy", 0.97, 0.96),
+        "over-refusal": ("over_refusal_rate", 0.02, 0.03),
+        "jailbreaks": ("jailbreak_success_rate", 0.0, 0.0),
+        "toxicity": ("toxicity_rate", 0.0, 0.0),
+        "pii": ("pii_leakage", 0.0, 0.0),
+        "holdout-exact": ("exact_match", 0.41, 0.12),
+    }
+    suites = []
+    for suite, (metric, default, baseline) in values.items():
+        value = replaced.get(suite.replace("-", "_"), default)
+        suites.append(
+            {
+                "suite": suite,
+                "metric": metric,
+                "value": value,
+                "baseline": baseline,
+                "seedValues": [value] * 3,
+            }
+        )
+    return {"suites": suites, "seconds": 12.5}
+
+
+def test_gate_passes_a_reviewer_approves_and_the_promoted_digest_lands_in_status(scenario: Scenario) -> None:
+    gated(scenario)
+    job = scenario.wait_job(f"{NAME}-evaluate")
+    contract = json.loads(job.spec.template.metadata.annotations["finetune.dev/trainer-config"])
+    assert contract["evaluation"]["checkpointStep"] == 240
+    assert job.spec.template.spec.containers[0].command[-3] == "evaluate"
+    scenario.wait_phase("Evaluating")
+    scenario.put("eval/report.json", evaluation())
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-evaluate")
+    status = scenario.wait_phase("AwaitingApproval")
+    assert status["gate"]["verdict"] == "Passed"
+    assert status["gate"]["reportUri"].endswith("/eval/report.json")
+    gate = scenario.cluster.custom.get_namespaced_custom_object(
+        "finetune.dev", "v1alpha1", scenario.namespace, "evalgates", "support-release"
+    )
+    assert gate["status"]["lastVerdict"] == "Passed"
+    assert [(e["job"], e["verdict"]) for e in gate["status"]["history"]] == [(NAME, "Passed")]
+    assert scenario.cluster.job_names(scenario.namespace) == [
+        f"{NAME}-evaluate",
+        f"{NAME}-train-1",
+        f"{NAME}-validate",
+    ]
+
+    scenario.cluster.kubectl(
+        "annotate", "ftj", NAME, "-n", scenario.namespace, "finetune.dev/approved-by=alice"
+    )
+    promote = scenario.wait_job(f"{NAME}-promote")
+    target = json.loads(promote.spec.template.metadata.annotations["finetune.dev/trainer-config"])[
+        "promotion"
+    ]
+    assert target["approval"]["by"] == "alice"
+    status = scenario.wait_phase("Promoting")
+    assert status["approval"]["decision"] == "Approved"
+
+    version = target["versionUri"]
+    assert version.startswith(OUTPUT)
+    bucket, _, prefix = version.removeprefix("s3://").partition("/")
+    storage = s3_client(scenario.s3.endpoint)
+    if bucket not in [b["Name"] for b in storage.list_buckets()["Buckets"]]:
+        storage.create_bucket(Bucket=bucket)
+    manifest = b'{"formatVersion": 1}'
+    storage.put_object(Bucket=bucket, Key=prefix + "MANIFEST.json", Body=manifest)
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-promote")
+    status = scenario.wait_phase("Succeeded")
+    assert status["promoted"]["uri"] == version
+    assert status["promoted"]["digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions["GatePassed"] == ("True", "GatePassed")
+    assert conditions["Approved"] == ("True", "Approved")
+    assert conditions["Promoted"] == ("True", "Promoted")
+    reasons = [r for r, _ in scenario.events()]
+    for reason in ("EvaluationRunning", "ApprovalPending", "PromotionRunning", "Completed"):
+        assert reason in reasons
+
+
+def test_a_failing_gate_rejects_without_promoting(scenario: Scenario) -> None:
+    gated(scenario, requireApproval=False)
+    scenario.wait_job(f"{NAME}-evaluate")
+    scenario.put("eval/report.json", evaluation(toxicity=0.04))
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-evaluate")
+    status = scenario.wait_phase("Rejected")
+    assert status["gate"]["verdict"] == "Failed"
+    rejected = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert rejected["reason"] == "GateFailed"
+    assert "toxicity: toxicity_rate 0.04 > max 0.01" in rejected["message"]
+    assert f"{NAME}-promote" not in scenario.cluster.job_names(scenario.namespace)
+
+
+def test_a_crashed_evaluation_fails_closed(scenario: Scenario) -> None:
+    gated(scenario)
+    scenario.wait_job(f"{NAME}-evaluate")
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-evaluate", failed=True, message="OOMKilled")
+    status = scenario.wait_phase("Rejected")
+    assert status["gate"]["verdict"] == "Error"
+    assert any("OOMKilled" in c["message"] for c in status["conditions"] if c["type"] == "Succeeded")
+
+
+def test_a_reviewer_can_reject_a_passing_candidate(scenario: Scenario) -> None:
+    gated(scenario)
+    scenario.wait_job(f"{NAME}-evaluate")
+    scenario.put("eval/report.json", evaluation())
+    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-evaluate")
+    scenario.wait_phase("AwaitingApproval")
+    scenario.cluster.kubectl(
+        "annotate",
+        "ftj",
+        NAME,
+        "-n",
+        scenario.namespace,
+        "finetune.dev/rejected-by=bob",
+        "finetune.dev/approval-comment=not this quarter",
+    )
+    status = scenario.wait_phase("Rejected")
+    assert status["approval"]["decision"] == "Rejected"
+    assert status["approval"]["by"] == "bob"
+    assert status["approval"]["comment"] == "not this quarter"
+    assert f"{NAME}-promote" not in scenario.cluster.job_names(scenario.namespace)
