@@ -22,14 +22,16 @@ from typing import Any
 
 from finetune_api.trainer_config import TrainerConfig
 from finetune_api.v1alpha1.common import DatasetFormat
+from finetune_api.v1alpha1.evalgate import Generation
 from finetune_api.v1alpha1.finetunejob import Method
 from finetune_trainer.checkpoints import latest_complete, restore
 from finetune_trainer.data.rows import Row, read_jsonl
+from finetune_trainer.evaluation.generation import generate
 from finetune_trainer.methods import plain_messages
 from finetune_trainer.models import ModelError, materialize
 from finetune_trainer.storage import StorageError, Store, join
 
-BATCH = 16
+BATCH = 16  # prompts per generation batch
 
 
 @dataclass(frozen=True)
@@ -75,39 +77,11 @@ def load(model_dir: Path, adapter_dir: Path | None) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def generate(
-    model: Any, tokenizer: Any, prompts: list[list[dict[str, Any]] | str], max_new_tokens: int
-) -> list[str]:
-    """Greedy replies, `BATCH` prompts at a time, left-padded."""
-    import torch  # noqa: PLC0415
-
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    replies: list[str] = []
-    for start in range(0, len(prompts), BATCH):
-        texts = [
-            p
-            if isinstance(p, str)
-            else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-            for p in prompts[start : start + BATCH]
-        ]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            model.device
-        )
-        with torch.no_grad():
-            out = model.generate(
-                **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        new = out[:, encoded["input_ids"].shape[1] :]
-        replies += [tokenizer.decode(seq, skip_special_tokens=True) for seq in new]
-    return replies
-
-
 def exact_match(model: Any, tokenizer: Any, rows: list[Row]) -> dict[str, Any]:
     examples = [example(row) for row in rows]
     longest = max(len(tokenizer(e.reference, add_special_tokens=False)["input_ids"]) for e in examples)
-    replies = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=longest + 16)
+    settings = Generation(max_new_tokens=longest + 16, batch_size=BATCH)
+    replies = generate(model, tokenizer, [e.prompt for e in examples], settings)
     records: list[dict[str, Any]] = [
         {"line": row.line, "reference": e.reference, "reply": reply, "match": matches(reply, e.reference)}
         for row, e, reply in zip(rows, examples, replies, strict=True)
@@ -154,7 +128,8 @@ def reward(model: Any, tokenizer: Any, rows: list[Row], config: TrainerConfig) -
     if config.rft is None:
         raise ValueError("RFT holdout rows are scored by the job's grader, and the job has no rft settings")
     prepared = [prompt_and_item(row.data) for row in rows]
-    replies = generate(model, tokenizer, [p["prompt"] for p in prepared], config.rft.max_completion_tokens)
+    settings = Generation(max_new_tokens=config.rft.max_completion_tokens, batch_size=BATCH)
+    replies = generate(model, tokenizer, [p["prompt"] for p in prepared], settings)
     with compile_grader(config.rft.grader) as grader:
         results = grader.grade(
             [sample_from_text(r) for r in replies], [json.loads(p["item_json"]) for p in prepared]

@@ -1,0 +1,116 @@
+"""Batched generation for evaluation, driven by an EvalGate suite's `Generation` settings.
+
+Owns turning prompts into replies and nothing else: no metric, no dataset reading. Why it looks as it does:
+
+- Prompts are tokenized once and sorted by token length (longest first) before batching, so a batch holds
+  prompts of similar length and little of it is padding; replies come back in the caller's order.
+- Left padding with an explicit attention mask: every row's last prompt token sits at the same position, so
+  the new tokens of all rows are one slice. The caller's tokenizer is not modified (padding is done here).
+- The decoding settings are exactly these: greedy when `temperature` is 0, else plain temperature sampling
+  (top-k and top-p off). The model's own `generation_config` (a repetition penalty, say) is not applied, so
+  a score does not depend on what a checkpoint happened to ship. Sampling draws from torch's generator
+  seeded with `seed` inside a forked random state: the same seed gives the same replies for the same
+  prompts and batch size, and the caller's random state is left as it was.
+- Each row stops at its end-of-sequence token (the model's `generation_config.eos_token_id`, one id or a
+  list, else the tokenizer's); the reply is what came before it, decoded without special tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from finetune_api.v1alpha1.evalgate import Generation
+
+Prompt = list[dict[str, Any]] | str
+
+
+def render(tokenizer: Any, prompt: Prompt) -> str:
+    """A plain string as it is; chat messages through the tokenizer's chat template, ready for the reply."""
+    if isinstance(prompt, str):
+        return prompt
+    text: str = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return text
+
+
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in eos] if isinstance(eos, list | tuple) else [int(eos)]
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts: Sequence[Prompt], settings: Generation, *, seed: int | None = None
+) -> list[str]:
+    """One reply per prompt, in the order of `prompts` (see the module docstring for the rules)."""
+    if not prompts:
+        return []
+    texts = [render(tokenizer, p) for p in prompts]
+    ids: list[list[int]] = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    empty = [i for i, row in enumerate(ids) if not row]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} has no tokens; a reply needs something to follow")
+    stops = eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    replies: list[str] = [""] * len(ids)
+    with _seeded(model, seed if settings.temperature > 0 else None):
+        for start in range(0, len(order), settings.batch_size):
+            chunk = order[start : start + settings.batch_size]
+            new = _batch(model, [ids[i] for i in chunk], settings, pad, stops)
+            for i, tokens in zip(chunk, new, strict=True):
+                replies[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+    return replies
+
+
+def _batch(
+    model: Any, rows: list[list[int]], settings: Generation, pad: int, stops: list[int]
+) -> list[list[int]]:
+    """The new tokens of each row, cut before its first end-of-sequence token."""
+    import torch  # noqa: PLC0415 (heavy; only generation needs it)
+    from transformers import GenerationConfig  # noqa: PLC0415
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, row in enumerate(rows):
+        input_ids[n, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention[n, width - len(row) :] = 1
+    sampling = settings.temperature > 0
+    config: dict[str, Any] = {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": sampling,
+        "pad_token_id": pad,
+        "eos_token_id": stops or None,
+    }
+    if sampling:
+        config |= {"temperature": settings.temperature, "top_p": 1.0, "top_k": None}
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention.to(model.device),
+            generation_config=GenerationConfig(**config),  # type: ignore[no-untyped-call]
+        )
+    replies = []
+    for tokens in out[:, width:].tolist():
+        cut = next((k for k, t in enumerate(tokens) if t in stops), len(tokens))
+        replies.append(tokens[:cut])
+    return replies
+
+
+@contextlib.contextmanager
+def _seeded(model: Any, seed: int | None) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    import torch  # noqa: PLC0415
+
+    device = getattr(model, "device", None)
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
