@@ -179,7 +179,7 @@ def _no_regression(suite: Suite, outcome: SuiteOutcome | None, rule: NoRegressio
         passed = worse_by <= rule.tolerance
         how = "no per-example scores, point values compared"
     message = (
-        f"{suite.metric} {value:.4g} vs baseline {baseline:.4g}: worse by {max(worse_by, 0.0):.4g} "
+        f"{suite.metric} {value:.4g} vs baseline {baseline:.4g}: worse by {max(worse_by, 0.0) or 0.0:.4g} "
         f"({how}) {'<=' if passed else '>'} tolerance {rule.tolerance:.4g}"
     )
     return MetricResult(

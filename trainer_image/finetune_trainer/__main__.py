@@ -1,7 +1,8 @@
 """The trainer image's entry point: `python -m finetune_trainer COMMAND --config /etc/finetune/trainer.json`.
 
-Commands: `validate-data` (the data gates; CPU), `train` (one run of the method, resumable) and
-`score-holdout` (exact match on the holdout split, of the base model or the newest checkpoint). The
+Commands: `validate-data` (the data gates; CPU), `train` (one run of the method, resumable),
+`score-holdout` (the holdout metric, of the base model or the newest checkpoint), `evaluate` (the
+EvalGate's suites, of the candidate checkpoint and the baseline) and `promote` (publish what passed). The
 contract file is the operator's ConfigMap (or the downward-API annotation for validation) or, locally, what
 `finetune run` writes.
 """
@@ -19,7 +20,7 @@ from finetune_api.trainer_config import CONFIG_PATH, TrainerConfig
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finetune_trainer")
-    parser.add_argument("command", choices=["validate-data", "train", "score-holdout"])
+    parser.add_argument("command", choices=["validate-data", "train", "score-holdout", "evaluate", "promote"])
     parser.add_argument("--config", type=Path, default=Path(CONFIG_PATH))
     parser.add_argument("--workdir", type=Path, default=None, help="local scratch (default /scratch/run)")
     parser.add_argument(
@@ -34,6 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValidationError) as err:
         print(f"cannot read the trainer contract {args.config}: {err}", file=sys.stderr)
         return 2
+    if args.command == "promote":
+        from finetune_trainer import promote  # noqa: PLC0415
+
+        return promote.main(config)
+    if args.command == "evaluate":
+        from finetune_trainer import train  # noqa: PLC0415
+        from finetune_trainer.evaluation import suites  # noqa: PLC0415
+
+        return suites.main(config, train.workdir(args.workdir))
     if args.command == "score-holdout":
         from finetune_trainer import train  # noqa: PLC0415
         from finetune_trainer.evaluation import task  # noqa: PLC0415

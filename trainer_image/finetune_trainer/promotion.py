@@ -34,7 +34,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,9 +100,11 @@ def publish(
     version: str,
     metadata: Mapping[str, str] | None = None,
     created_at: datetime | None = None,
+    include: Callable[[str], bool] | None = None,
 ) -> Promotion:
-    """Copy `source` (an s3:// prefix, a local directory or file) and `documents` (relative name ->
-    content) to `<destination>/<version>/`, verify them, and write the manifest last."""
+    """Copy `source` (an s3:// prefix, a local directory or file; only the keys `include` accepts, when
+    given) and `documents` (relative name -> content) to `<destination>/<version>/`, verify them, and
+    write the manifest last."""
     try:
         check_version(version)
         manifest = Manifest(
@@ -121,7 +123,7 @@ def publish(
         raise PromotionConflict(
             f"{target.uri(MANIFEST)} exists: version {version!r} is already promoted; publish a new version"
         )
-    files = _source_files(store, source)
+    files = [(key, uri) for key, uri in _source_files(store, source) if include is None or include(key)]
     keys = {key for key, _ in files}
     clashes = sorted((keys & set(documents)) | ({MANIFEST} & (keys | set(documents))))
     if clashes:

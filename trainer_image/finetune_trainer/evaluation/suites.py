@@ -1,0 +1,385 @@
+"""`evaluate`: run every suite of an EvalGate on the candidate checkpoint, and on the baseline where a
+metric compares, and write the per-example records and then the report (`finetune_api.gate` layout).
+
+Suite rows are OpenAI chat, prompt/completion or RFT rows. A row's prompt is its messages up to the last
+assistant message (whose text becomes `reference`), or its `prompt`; its other fields are the `item` a
+grader reads (`should_refuse` for refusal suites), with `reference_answer` and `prompt` (the last user
+message) added for chat rows. Per metric:
+
+- exact_match, grader_score: the reply against the reference (`task.matches`), or the suite's grader;
+- eval_loss: the mean negative log-likelihood per token of the reference reply, no generation;
+- win_rate: the suite's judge on candidate vs baseline replies (`pairwise`), with a bootstrap interval;
+- refusal_accuracy, over_refusal_rate: the refusal detector (`classifier`, else the documented rules);
+- jailbreak_success_rate: not refused and harmful, harm from the judge when given, else the toxicity
+  scorer (`classifier`, else the lexicon fallback);
+- toxicity_rate: the toxicity scorer; pii_leakage: PII detectors and the suite's canaries on each reply.
+
+The baseline runs first, for the suites that compare with it (win_rate, and the suites `noRegression`
+covers), and is freed before the candidate loads, so only one model is in memory at a time. With
+`seeds`, the candidate's replies are drawn once per seed and each seed's value is reported; per-example
+scores are the first seed's. A suite that cannot be scored (unreadable rows, a judge model missing) gets
+its error in the report and fails the gate; the others still run. Replies are generated in batches
+(`generation.generate`), never one prompt at a time.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from finetune_api.gate import EVAL_EXAMPLES, EVAL_REPORT, EvalReport, SuiteOutcome
+from finetune_api.trainer_config import EvaluationTarget, TrainerConfig
+from finetune_api.v1alpha1.evalgate import EvalGateSpec, Metric, Suite
+from finetune_trainer.checkpoints import restore
+from finetune_trainer.data.rows import read_jsonl
+from finetune_trainer.evaluation import generation, pairwise, safety
+from finetune_trainer.evaluation.task import answer_log_prob, load, matches
+from finetune_trainer.graders import compile_grader, sample_from_text
+from finetune_trainer.methods import plain_messages
+from finetune_trainer.models import materialize
+from finetune_trainer.storage import Store, join
+
+SAMPLE_SEED = 0
+
+
+@dataclass
+class Prepared:
+    """A suite's rows as prompts, references and grader items, plus what each model said."""
+
+    suite: Suite
+    prompts: list[generation.Prompt]
+    references: list[str | None]
+    items: list[dict[str, Any]]
+    candidate: dict[int | None, list[Any]] = field(default_factory=dict)  # per seed: replies or losses
+    baseline: list[Any] | None = None
+
+
+def prompt_of(data: dict[str, Any]) -> tuple[generation.Prompt, str | None, dict[str, Any]]:
+    """(prompt, reference, item) of one suite row."""
+    if "messages" in data:
+        messages = plain_messages(data["messages"])
+        item = {k: v for k, v in data.items() if k != "messages"}
+        asked = [m for m in messages if m.get("role") == "user"]
+        if asked:
+            item.setdefault("prompt", str(asked[-1].get("content")))  # the question, for judges
+        answers = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        if answers and answers[-1] == len(messages) - 1:
+            reference = str(messages[-1]["content"])
+            item.setdefault("reference_answer", reference)
+            return messages[:-1], reference, item
+        return messages, item.get("reference_answer"), item
+    if "prompt" in data:
+        item = {k: v for k, v in data.items() if k not in ("prompt", "completion")}
+        completion = data.get("completion")
+        return str(data["prompt"]), None if completion is None else str(completion), item
+    raise ValueError("a suite row needs messages or a prompt")
+
+
+def prepare(suite: Suite, store: Store) -> Prepared:
+    dataset = read_jsonl(suite.dataset.uri, store.read_bytes(suite.dataset.uri), suite.dataset.format)
+    if dataset.problems:
+        raise ValueError(f"{suite.dataset.uri}: {dataset.problems[0]}")
+    rows = dataset.rows
+    if not rows:
+        raise ValueError(f"{suite.dataset.uri} has no rows")
+    if suite.sample_size is not None and suite.sample_size < len(rows):
+        picked = sorted(random.Random(SAMPLE_SEED).sample(range(len(rows)), suite.sample_size))
+        rows = [rows[i] for i in picked]
+    parsed = [prompt_of(row.data) for row in rows]
+    return Prepared(suite, [p for p, _, _ in parsed], [r for _, r, _ in parsed], [i for _, _, i in parsed])
+
+
+def compares(spec: EvalGateSpec, suite: Suite) -> bool:
+    """Whether the baseline runs on this suite."""
+    if suite.metric == Metric.WIN_RATE:
+        return True
+    rule = spec.no_regression
+    return rule.enabled and (rule.suites is None or suite.name in rule.suites)
+
+
+Said = dict[tuple[str, ...], list[Any]]
+
+
+def observe(model: Any, tokenizer: Any, prepared: Prepared, seed: int | None, said: Said) -> list[Any]:
+    """What a model says on the suite: replies, or per-example losses for eval_loss. Suites on the same rows
+    with the same settings share one generation (`said`, one per model)."""
+    suite = prepared.suite
+    key = (
+        str(suite.metric == Metric.EVAL_LOSS),
+        suite.dataset.uri,
+        str(suite.sample_size),
+        suite.generation.model_dump_json(),
+        str(seed),
+    )
+    if key not in said:
+        said[key] = _observe(model, tokenizer, prepared, seed)
+    return said[key]
+
+
+def _observe(model: Any, tokenizer: Any, prepared: Prepared, seed: int | None) -> list[Any]:
+    suite = prepared.suite
+    if suite.metric == Metric.EVAL_LOSS:
+        losses = []
+        for prompt, reference in zip(prepared.prompts, prepared.references, strict=True):
+            if reference is None or isinstance(prompt, str):
+                raise ValueError("eval_loss needs chat rows that end with an assistant reply")
+            answer = [{"role": "assistant", "content": reference}]
+            tokens = len(tokenizer(reference, add_special_tokens=False)["input_ids"]) + 1
+            losses.append(-answer_log_prob(model, tokenizer, prompt, answer) / tokens)
+        return losses
+    return generation.generate(model, tokenizer, prepared.prompts, suite.generation, seed=seed)
+
+
+@dataclass
+class Scored:
+    scores: list[float]
+    scorer: str
+    details: list[dict[str, Any]]
+    interval: list[float] | None = None
+
+
+Scorer = Callable[[Sequence[Any]], Scored]
+
+
+def scorer(prepared: Prepared, store: Store, scratch: Path) -> Scorer:
+    """Turns one model's outputs on the suite into per-example scores (win_rate is scored apart)."""
+    suite, items, references = prepared.suite, prepared.items, prepared.references
+    metric = Metric(suite.metric)
+    if metric == Metric.EVAL_LOSS:
+        return lambda losses: Scored(
+            [float(x) for x in losses], "mean token NLL of the reference", [{}] * len(losses)
+        )
+    if metric == Metric.EXACT_MATCH:
+        if any(r is None for r in references):
+            raise ValueError("exact_match needs a reference reply on every row")
+        return lambda replies: Scored(
+            [float(matches(r, ref or "")) for r, ref in zip(replies, references, strict=True)],
+            "exact match (JSON-aware)",
+            [{}] * len(replies),
+        )
+    if metric == Metric.GRADER_SCORE:
+        if suite.judge is None:
+            raise ValueError("grader_score needs a judge")
+        grader = compile_grader(suite.judge, scratch=scratch)
+
+        def graded(replies: Sequence[str]) -> Scored:
+            results = grader.grade([sample_from_text(r) for r in replies], items)
+            details = [{"error": r.error} if r.error else {} for r in results]
+            return Scored([r.score for r in results], f"grader {suite.judge.name}", details)  # type: ignore[union-attr]
+
+        return graded
+    if metric == Metric.PII_LEAKAGE:
+
+        def leaked(replies: Sequence[str]) -> Scored:
+            leaks = safety.pii_leaks(replies, suite.canaries)
+            result = safety.pii_leakage(leaks)
+            details = [{"leaks": [f"{x.kind}: {x.masked}" for x in found]} for found in leaks]
+            return Scored(result.scores, "PII detectors and canaries", details)
+
+        return leaked
+    if metric == Metric.TOXICITY_RATE:
+        toxic = safety.toxicity_scorer(suite.classifier, store=store, scratch=scratch)
+        return lambda replies: _flags(safety.toxicity_rate(toxic.flags(replies)).scores, toxic.name)
+    refusals = safety.refusal_detector(
+        suite.classifier if metric != Metric.JAILBREAK_SUCCESS_RATE else None, store=store, scratch=scratch
+    )
+    if metric == Metric.REFUSAL_ACCURACY:
+        labels = safety.should_refuse(items)
+        return lambda replies: _flags(
+            safety.refusal_accuracy(refusals.flags(replies), labels).scores, refusals.name
+        )
+    if metric == Metric.OVER_REFUSAL_RATE:
+        return lambda replies: _flags(safety.over_refusal_rate(refusals.flags(replies)).scores, refusals.name)
+    if metric == Metric.JAILBREAK_SUCCESS_RATE:
+        return _jailbreak(prepared, refusals, store, scratch)
+    raise ValueError(f"no scorer for metric {metric}")
+
+
+def _flags(scores: list[float], name: str) -> Scored:
+    return Scored(scores, name, [{}] * len(scores))
+
+
+def _jailbreak(prepared: Prepared, refusals: safety.Flagger, store: Store, scratch: Path) -> Scorer:
+    suite = prepared.suite
+    if suite.judge is not None:
+        judge = compile_grader(suite.judge, scratch=scratch)
+
+        def harm(replies: Sequence[str]) -> list[bool]:
+            return safety.harmful_by_judge(
+                judge.grade([sample_from_text(r) for r in replies], prepared.items)
+            )
+
+        judged_by = f"not refused ({refusals.name}) and judged harmful by {suite.judge.name}"
+    else:
+        toxic = safety.toxicity_scorer(suite.classifier, store=store, scratch=scratch)
+        harm = toxic.flags  # type: ignore[assignment]
+        judged_by = f"not refused ({refusals.name}) and flagged by {toxic.name}"
+
+    def scored(replies: Sequence[str]) -> Scored:
+        return _flags(safety.jailbreak_success_rate(refusals.flags(replies), harm(replies)).scores, judged_by)
+
+    return scored
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def outcome(
+    prepared: Prepared, store: Store, scratch: Path, seeds: list[int | None]
+) -> tuple[SuiteOutcome, list[dict[str, Any]]]:
+    suite = prepared.suite
+    first = prepared.candidate[seeds[0]]
+    base = prepared.baseline
+    if suite.metric == Metric.WIN_RATE:
+        if suite.judge is None or base is None:
+            raise ValueError("win_rate needs a judge and the baseline's replies")
+        with compile_grader(suite.judge, scratch=scratch) as judge:
+            result = pairwise.win_rate(suite.judge, first, base, prepared.items, judge=judge)
+            seed_values = [
+                pairwise.win_rate(suite.judge, prepared.candidate[s], base, prepared.items, judge=judge).value
+                for s in seeds[1:]
+            ]
+        judged = f"pairwise judge {suite.judge.name}"
+        scored = Scored(result.scores, judged, result.details, list(result.ci))
+        base_scored = None
+    else:
+        score = scorer(prepared, store, scratch)
+        scored = score(first)
+        seed_values = [_mean(score(prepared.candidate[s]).scores) for s in seeds[1:]]
+        base_scored = score(base) if base is not None else None
+    value = _mean(scored.scores)
+    result_outcome = SuiteOutcome(
+        suite=suite.name,
+        metric=suite.metric,
+        value=value,
+        baseline=_mean(base_scored.scores) if base_scored else None,
+        scores=scored.scores,
+        baseline_scores=base_scored.scores if base_scored else [],
+        seed_values=[value, *seed_values] if len(seeds) > 1 else [],
+        interval=scored.interval,
+        rows=len(prepared.prompts),
+        scorer=scored.scorer[:256],
+    )
+    records = []
+    for i, prompt in enumerate(prepared.prompts):
+        records.append(
+            {
+                "suite": suite.name,
+                "metric": str(suite.metric),
+                "index": i,
+                "prompt": prompt
+                if isinstance(prompt, str)
+                else "\n".join(f"{m['role']}: {m.get('content')}" for m in prompt),
+                "candidate": first[i] if suite.metric != Metric.EVAL_LOSS else None,
+                "baseline": base[i] if base is not None and suite.metric != Metric.EVAL_LOSS else None,
+                "reference": prepared.references[i],
+                "score": scored.scores[i] if i < len(scored.scores) else None,
+                "baseline_score": base_scored.scores[i]
+                if base_scored and i < len(base_scored.scores)
+                else None,
+                "details": scored.details[i] if i < len(scored.details) else {},
+            }
+        )
+    return result_outcome, records
+
+
+def _free(model: Any) -> None:
+    del model
+    gc.collect()
+    try:
+        import torch  # noqa: PLC0415
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def evaluate(config: TrainerConfig, store: Store, scratch: Path) -> tuple[EvalReport, list[dict[str, Any]]]:
+    target: EvaluationTarget | None = config.evaluation
+    if target is None:
+        raise ValueError("evaluate needs a contract with its evaluation target")
+    spec = target.gate
+    seeds: list[int | None] = list(spec.seeds) or [None]
+    prepared: dict[str, Prepared] = {}
+    errors: dict[str, str] = {}
+    for suite in spec.suites:
+        try:
+            prepared[suite.name] = prepare(suite, store)
+        except Exception as err:  # the suite fails closed with its reason; the others still run
+            errors[suite.name] = f"{type(err).__name__}: {err}"
+    compared = [p for p in prepared.values() if compares(spec, p.suite)]
+    if compared:
+        model, tokenizer = load(materialize(target.baseline, store, scratch), None)
+        said: Said = {}
+        for p in compared:
+            try:
+                p.baseline = observe(model, tokenizer, p, seeds[0], said)
+            except Exception as err:
+                errors[p.suite.name] = f"baseline: {type(err).__name__}: {err}"
+        _free(model)
+    adapter = restore(store, config.storage.staging_uri, target.checkpoint_step, scratch / "candidate")
+    model, tokenizer = load(materialize(config.base_model, store, scratch), adapter)
+    said = {}
+    for p in prepared.values():
+        if p.suite.name in errors:
+            continue
+        try:
+            for seed in seeds:
+                p.candidate[seed] = observe(model, tokenizer, p, seed, said)
+        except Exception as err:
+            errors[p.suite.name] = f"{type(err).__name__}: {err}"
+    _free(model)
+    outcomes, records = [], []
+    for suite in spec.suites:
+        ready = prepared.get(suite.name)
+        if ready is not None and suite.name not in errors:
+            try:
+                result, examples = outcome(ready, store, scratch, seeds)
+                outcomes.append(result)
+                records += examples
+                continue
+            except Exception as err:
+                errors[suite.name] = f"{type(err).__name__}: {err}"
+        outcomes.append(SuiteOutcome(suite=suite.name, metric=suite.metric, error=errors[suite.name][:4096]))
+    report = EvalReport(checkpoint=target.checkpoint_uri, baseline_model=target.baseline.uri, suites=outcomes)
+    return report, records
+
+
+def main(config: TrainerConfig, scratch: Path) -> int:
+    """Writes the records, then the report (last: its presence means the evaluation finished). A failure
+    before any suite could run is written as the report's `error`, so the gate fails closed with a reason."""
+    store = Store.for_target(config.storage)
+    staging = config.storage.staging_uri
+    started = time.monotonic()
+    records: list[dict[str, Any]] = []
+    try:
+        report, records = evaluate(config, store, scratch)
+    except Exception as err:  # whatever it was, the gate must hear of it
+        report = EvalReport(error=f"{type(err).__name__}: {err}"[:4096])
+    report.seconds = round(time.monotonic() - started, 1)
+    report.finished_at = datetime.now(UTC)
+    lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
+    store.write_bytes(join(staging, EVAL_EXAMPLES), lines.encode())
+    store.write_bytes(join(staging, EVAL_REPORT), report.model_dump_json(by_alias=True, indent=2).encode())
+    for o in report.suites:
+        shown = (
+            "error: " + (o.error or "")
+            if o.error
+            else f"{o.value:.4g}" + (f" (baseline {o.baseline:.4g})" if o.baseline is not None else "")
+        )
+        print(f"{o.suite} {o.metric}: {shown}")
+    if report.error:
+        print(f"evaluate failed: {report.error}", file=sys.stderr)
+        return 1
+    return 0
