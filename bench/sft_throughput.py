@@ -129,7 +129,10 @@ def ours(
     from finetune_trainer.data.rows import read_jsonl  # noqa: PLC0415
     from finetune_trainer.methods import Run, sft  # noqa: PLC0415
 
-    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    documents = yaml.safe_load_all((ROOT / "examples" / "quickstart.yaml").read_text())
+    doc = next(d for d in documents if d["kind"] == "FineTuneJob")
+    doc["spec"].pop("evalGateRef", None)  # training only
+    doc["spec"].pop("outputUri", None)
     doc["metadata"] |= {"namespace": "bench", "uid": "00000000-0000-0000-0000-000000000000"}
     spec = doc["spec"]
     hp = spec["hyperparameters"]

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file", type=Path, metavar="FILE", help="a YAML file with one FineTuneJob")
     r.add_argument("--workdir", type=Path, default=Path("finetune-runs"), help="where runs are kept")
     r.add_argument("--fresh", action="store_true", help="start the run over instead of resuming it")
+    r.add_argument(
+        "--output", type=Path, default=None, help="where a model that passes its EvalGate is published"
+    )
+    r.add_argument(
+        "--approve", metavar="NAME", default=None, help="approve the promotion when the gate requires it"
+    )
     r.set_defaults(func=_run)
     op = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
     op.add_argument("args", nargs=argparse.REMAINDER)
@@ -64,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from finetune_cli import run  # noqa: PLC0415
 
-    return run.main(args.file, args.workdir, fresh=args.fresh)
+    return run.main(args.file, args.workdir, fresh=args.fresh, output=args.output, approve=args.approve)
 
 
 def _operator(args: argparse.Namespace) -> int:

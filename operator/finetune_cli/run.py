@@ -7,6 +7,12 @@ and training writes progress and checkpoints to a local staging folder laid out 
 (`<workdir>/<namespace>/<name>/<runId>/`). With a holdout split, the base model and the trained one are
 scored on it (`score-holdout`) and both figures are printed.
 
+With an `evalGateRef`, the EvalGate of that name must be in the same file. The best checkpoint is then
+evaluated (`evaluate`), the gate decided exactly as the operator decides it (`finetune_api.gate`), and,
+when it passes, published (`promote`) to `--output` (by default `<workdir>/<namespace>/<name>/promoted/`;
+a laptop run never writes to the job's s3:// outputUri). A gate that requires approval needs
+`--approve NAME`, the local form of the approved-by annotation.
+
 The run id is the job's name and a digest of its spec: running an unchanged manifest again resumes (or
 finds the run complete); any change starts a new run. `--fresh` starts over.
 """
@@ -21,16 +27,34 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from finetune_api.gate import EVAL_REPORT, EvalReport, decide, failing
 from finetune_api.hyperparameters import resolve
-from finetune_api.run_layout import DATA_REPORT, PROGRESS, DataValidationReport, ProgressReport
-from finetune_api.trainer_config import StorageTarget, TrainerConfig, build_trainer_config
-from finetune_api.v1alpha1 import FineTuneJob
+from finetune_api.promotion import EVAL_REPORT_HTML, MANIFEST, MODEL_CARD, digest_of
+from finetune_api.run_layout import (
+    DATA_REPORT,
+    PROGRESS,
+    CheckpointMarker,
+    DataValidationReport,
+    ProgressReport,
+    best_step,
+    checkpoint_prefix,
+)
+from finetune_api.trainer_config import (
+    EvaluationTarget,
+    PromotionTarget,
+    StorageTarget,
+    TrainerConfig,
+    build_trainer_config,
+)
+from finetune_api.v1alpha1 import EvalGate, FineTuneJob
+from finetune_api.v1alpha1.finetunejob import Approval, GateResult
 from finetune_cli import validate
 
 POLL_SECONDS = 2.0
@@ -55,7 +79,8 @@ class RunError(RuntimeError):
     pass
 
 
-def load_job(path: Path) -> FineTuneJob:
+def load_job(path: Path) -> tuple[FineTuneJob, EvalGate | None]:
+    """The file's FineTuneJob, and the EvalGate it references (which must be in the same file)."""
     try:
         text = path.read_text()
     except OSError as err:
@@ -64,13 +89,25 @@ def load_job(path: Path) -> FineTuneJob:
     problems = [f"{r.label}: {p}" for r in results for p in r.problems]
     if problems:
         raise RunError("\n".join(problems))
-    jobs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+    documents = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+    jobs = [d for d in documents if d.get("kind") == "FineTuneJob"]
     if len(jobs) != 1:
         raise RunError(f"{path}: expected one FineTuneJob, found {len(jobs)}")
     try:
-        return FineTuneJob.model_validate(jobs[0])
+        job = FineTuneJob.model_validate(jobs[0])
+        gates = [EvalGate.model_validate(d) for d in documents if d.get("kind") == "EvalGate"]
     except ValidationError as err:  # validate_text has already said why; this is a safety net
         raise RunError(str(err)) from err
+    ref = job.spec.eval_gate_ref
+    if ref is None:
+        return job, None
+    gate = next((g for g in gates if g.metadata.name == ref.name), None)
+    if gate is None:
+        found = ", ".join(g.metadata.name for g in gates) or "none"
+        raise RunError(
+            f"{path}: spec.evalGateRef names EvalGate {ref.name}, not in this file (found: {found})"
+        )
+    return job, gate
 
 
 def run_id(job: FineTuneJob) -> str:
@@ -158,9 +195,16 @@ def _score(config_file: Path, staging: Path, which: str, log: Path, workdir: Pat
     return Score(str(found["metric"]).replace("_", " "), float(found["score"]))
 
 
-def main(path: Path, workdir: Path, *, fresh: bool = False) -> int:
+def main(
+    path: Path,
+    workdir: Path,
+    *,
+    fresh: bool = False,
+    output: Path | None = None,
+    approve: str | None = None,
+) -> int:
     try:
-        job = load_job(path)
+        job, gate = load_job(path)
     except RunError as err:
         print(err, file=sys.stderr)
         return 1
@@ -208,7 +252,102 @@ def main(path: Path, workdir: Path, *, fresh: bool = False) -> int:
     trained = time.monotonic() - train_started
     after = _score(config_file, staging, "latest", log, scratch) if holdout else None
     _summary(staging, trained, time.monotonic() - started, before, after)
+    code = 0
+    if gate is not None:
+        destination = (output or staging.parent / "promoted").resolve()
+        code = _gate(Local(config, staging, scratch, log), gate, destination=destination, approve=approve)
     shutil.rmtree(scratch, ignore_errors=True)
+    return code
+
+
+def _best(staging: Path) -> int:
+    markers = [
+        CheckpointMarker.model_validate_json(p.read_bytes())
+        for p in (staging / "checkpoints").glob("*/COMPLETE")
+    ]
+    step = best_step((m.step, m.metrics) for m in markers)
+    return step if step is not None else max(m.step for m in markers)
+
+
+@dataclass(frozen=True)
+class Local:
+    """A local run's contract and folders."""
+
+    config: TrainerConfig
+    staging: Path
+    scratch: Path
+    log: Path
+
+
+def _gate(run: Local, gate: EvalGate, *, destination: Path, approve: str | None) -> int:
+    """Evaluate the best checkpoint, decide, and promote what passes; 0 when promoted (or waiting for an
+    approval that was not given), 3 when the gate rejects."""
+    config, staging, scratch, log = run.config, run.staging, run.scratch, run.log
+    step = _best(staging)
+    checkpoint = str(staging / checkpoint_prefix(step))
+    name = gate.metadata.name
+    target = EvaluationTarget(
+        gate_name=name,
+        gate=gate.spec,
+        checkpoint_uri=checkpoint,
+        checkpoint_step=step,
+        baseline=gate.spec.baseline.model or config.base_model,
+    )
+    evaluate_file = staging / "evaluate.json"
+    evaluate_file.write_text(
+        config.model_copy(update={"evaluation": target}).model_dump_json(by_alias=True, indent=2)
+    )
+    print(f"\nEvalGate {name}: evaluating step {step} on {len(gate.spec.suites)} suites")
+    (staging / EVAL_REPORT).unlink(missing_ok=True)
+    code = _finish(_trainer("evaluate", evaluate_file, log, "--workdir", str(scratch)), "evaluate", log)
+    problem, report = None, None
+    try:
+        report = EvalReport.model_validate_json((staging / EVAL_REPORT).read_bytes())
+    except (OSError, ValidationError) as err:
+        problem = f"no readable evaluation report: {err}"
+    if code != 0 and problem is None:
+        problem = f"evaluate exited {code}"
+    result = decide(gate.spec, report if problem is None else None, problem=problem)
+    result.report_uri = str(staging / EVAL_REPORT)
+    for metric in result.metrics:
+        print(f"  {'pass' if metric.passed else 'FAIL'}  {metric.suite}: {metric.message}")
+    if result.verdict != "Passed":
+        print(f"gate {result.verdict.lower()}: nothing promoted ({'; '.join(failing(result)[:3])})")
+        return 3
+    approval = None
+    if gate.spec.require_approval:
+        if not approve:
+            print("gate passed; it requires approval: run again with --approve NAME to promote")
+            return 0
+        approval = Approval(decision="Approved", by=approve, at=datetime.now(UTC))
+    return _promote(run, destination, step=step, gate_name=name, result=result, approval=approval)
+
+
+def _promote(
+    run: Local, destination: Path, *, step: int, gate_name: str, result: GateResult, approval: Approval | None
+) -> int:
+    """Publish (once: a version that already has its manifest is this run's, promoted before)."""
+    config, staging, log = run.config, run.staging, run.log
+    version = destination / staging.name
+    target = PromotionTarget(
+        checkpoint_uri=str(staging / checkpoint_prefix(step)),
+        checkpoint_step=step,
+        version_uri=str(version) + "/",
+        gate_name=gate_name,
+        gate=result,
+        approval=approval,
+    )
+    promote_file = staging / "promote.json"
+    promote_file.write_text(
+        config.model_copy(update={"promotion": target}).model_dump_json(by_alias=True, indent=2)
+    )
+    published = (version / MANIFEST).exists()
+    if not published and _finish(_trainer("promote", promote_file, log), "promote", log) != 0:
+        return 1
+    digest = digest_of((version / MANIFEST).read_bytes())
+    print(f"promoted: {version} ({digest})")
+    print(f"model card: {version / MODEL_CARD}")
+    print(f"eval report: {version / EVAL_REPORT_HTML}")
     return 0
 
 

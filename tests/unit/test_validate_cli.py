@@ -33,7 +33,7 @@ def test_every_example_is_valid() -> None:
 
 
 def test_examples_cover_every_method_and_an_evalgate() -> None:
-    docs = [yaml.safe_load(p.read_text()) for p in EXAMPLES.glob("*.yaml")]
+    docs = [d for p in EXAMPLES.glob("*.yaml") for d in yaml.safe_load_all(p.read_text())]
     methods = {d["spec"]["method"] for d in docs if d["kind"] == "FineTuneJob"}
     assert methods == {"sft", "vision", "dpo", "rft"}
     assert any(d["kind"] == "EvalGate" for d in docs)
