@@ -62,27 +62,16 @@ def documents(config: TrainerConfig, target: PromotionTarget, store: Store) -> d
         examples = []
     datasets = _json(store, join(target.checkpoint_uri, "finetune/datasets.json"))
     versions = _json(store, join(target.checkpoint_uri, "finetune/versions.json"))
-    card = model_card(
-        config,
-        target.gate,
-        report,
-        datasets=datasets,
-        versions=versions,
-        gate_name=target.gate_name,
-        approval=target.approval,
-        checkpoint_uri=target.checkpoint_uri,
-        checkpoint_step=target.checkpoint_step,
-    )
-    origin = lineage(
-        config,
-        datasets=datasets,
-        versions=versions,
-        gate=target.gate,
-        gate_name=target.gate_name,
-        approval=target.approval,
-        checkpoint_uri=target.checkpoint_uri,
-        checkpoint_step=target.checkpoint_step,
-    )
+    provenance: dict[str, Any] = {
+        "datasets": datasets,
+        "versions": versions,
+        "gate_name": target.gate_name,
+        "approval": target.approval,
+        "checkpoint_uri": target.checkpoint_uri,
+        "checkpoint_step": target.checkpoint_step,
+    }
+    card = model_card(config, target.gate, report, **provenance)
+    origin = lineage(config, gate=target.gate, **provenance)
     page = render_html(
         report,
         target.gate,

@@ -183,17 +183,22 @@ def _job(
 def validation_job(job: FineTuneJob, settings: Settings, contract: TrainerConfig) -> Manifest:
     """CPU only: the data gates run before any GPU is requested. The contract (without hyperparameters,
     which need the row count this Job finds) travels in the pod's annotation."""
-    pod = _pod_spec(
+    pod = _cpu_pod(job, settings, "validate-data")
+    return _job(job, validation_job_name(job.metadata.name), VALIDATE, pod, annotations=_annotated(contract))
+
+
+def _cpu_pod(job: FineTuneJob, settings: Settings, command: str) -> dict[str, Any]:
+    """A pod for a trainer command that needs no GPU, with the contract in its annotation."""
+    return _pod_spec(
         job,
         settings,
-        command=["python", "-m", "finetune_trainer", "validate-data", "--config", CONFIG_PATH],
+        command=["python", "-m", "finetune_trainer", command, "--config", CONFIG_PATH],
         resources={
             "requests": {"cpu": settings.validation_cpu, "memory": settings.validation_memory},
             "limits": {"memory": settings.validation_memory},
         },
         contract_in_annotation=True,
     )
-    return _job(job, validation_job_name(job.metadata.name), VALIDATE, pod, annotations=_annotated(contract))
 
 
 def _resources(res: Resources) -> dict[str, Any]:
@@ -241,16 +246,7 @@ PROMOTION_RETRIES = 3
 def promotion_job(job: FineTuneJob, settings: Settings, contract: TrainerConfig) -> Manifest:
     """CPU only: copies the checkpoint (server-side where it can) and writes the manifest last. Publishing
     is idempotent until the manifest exists, so a pod that fails (S3 unreachable mid-copy) is retried."""
-    pod = _pod_spec(
-        job,
-        settings,
-        command=["python", "-m", "finetune_trainer", "promote", "--config", CONFIG_PATH],
-        resources={
-            "requests": {"cpu": settings.validation_cpu, "memory": settings.validation_memory},
-            "limits": {"memory": settings.validation_memory},
-        },
-        contract_in_annotation=True,
-    )
+    pod = _cpu_pod(job, settings, "promote")
     name = promotion_job_name(job.metadata.name)
     return _job(job, name, PROMOTE, pod, annotations=_annotated(contract), backoffLimit=PROMOTION_RETRIES)
 
