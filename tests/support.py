@@ -42,6 +42,11 @@ def example(name: str) -> dict[str, Any]:
     return doc
 
 
+def example_documents() -> list[dict[str, Any]]:
+    """Every resource in every example file (a file may hold a FineTuneJob and its EvalGate)."""
+    return [d for p in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+
+
 def invalid_cases() -> list[InvalidCase]:
     return [
         InvalidCase(c["name"], merge_patch(example(c["base"]), c["patch"]), c["expect"])

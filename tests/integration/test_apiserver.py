@@ -11,7 +11,7 @@ import yaml
 
 from finetune_cli.validate import validate_document
 from kube import Cluster
-from support import EXAMPLES, example, invalid_cases, merge_patch
+from support import EXAMPLES, example, example_documents, invalid_cases, merge_patch
 
 pytestmark = pytest.mark.integration
 
@@ -20,18 +20,17 @@ CASES = invalid_cases()
 
 def test_every_example_is_accepted_by_dry_run_and_by_create(cluster: Cluster) -> None:
     dry = cluster.kubectl("apply", "--dry-run=server", "-f", str(EXAMPLES))
-    names = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
-    assert dry.stdout.count("(server dry run)") == len(names)
+    documents = example_documents()
+    assert dry.stdout.count("(server dry run)") == len(documents)
     cluster.kubectl("create", "-f", str(EXAMPLES))
     jobs = json.loads(cluster.kubectl("get", "ftj", "-A", "-o", "json").stdout)["items"]
     gates = json.loads(cluster.kubectl("get", "evg", "-A", "-o", "json").stdout)["items"]
     applied = {
-        (d.get("namespace", "default"), d["name"])
-        for d in (example(p.name)["metadata"] for p in EXAMPLES.glob("*.yaml"))
+        (d["kind"], d["metadata"].get("namespace", "default"), d["metadata"]["name"]) for d in documents
     }
-    stored_names = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in jobs + gates}
+    stored_names = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in jobs + gates}
     assert applied <= stored_names
-    assert len(applied) == len(names)
+    assert len(applied) == len(documents)
     stored = next(j for j in jobs if j["metadata"]["name"] == "support-assistant-sft")
     # no defaults were written into the stored object: it holds what the user applied
     assert stored["spec"] == example("sft-support-assistant.yaml")["spec"]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from finetune_cli.validate import validate_document
-from support import EXAMPLES, ROOT, invalid_cases
+from support import EXAMPLES, ROOT, example_documents, invalid_cases
 
 CASES = invalid_cases()
 
@@ -33,7 +33,7 @@ def test_every_example_is_valid() -> None:
 
 
 def test_examples_cover_every_method_and_an_evalgate() -> None:
-    docs = [d for p in EXAMPLES.glob("*.yaml") for d in yaml.safe_load_all(p.read_text())]
+    docs = example_documents()
     methods = {d["spec"]["method"] for d in docs if d["kind"] == "FineTuneJob"}
     assert methods == {"sft", "vision", "dpo", "rft"}
     assert any(d["kind"] == "EvalGate" for d in docs)
