@@ -94,3 +94,12 @@ def best_step(scored: Iterable[tuple[int, Mapping[str, float]]]) -> int | None:
         return max(rewarded)[1]
     losses = [(metrics[BEST_BY_LOSS], -step) for step, metrics in candidates if BEST_BY_LOSS in metrics]
     return -min(losses)[1] if losses else None
+
+
+def promotable_step(scored: Iterable[tuple[int, Mapping[str, float]]]) -> int | None:
+    """The checkpoint a gate evaluates: the best (`best_step`), else the latest; None when there is none."""
+    candidates = list(scored)
+    best = best_step(candidates)
+    if best is not None:
+        return best
+    return max((step for step, _ in candidates), default=None)

@@ -38,13 +38,15 @@ from finetune_api.gate import EVAL_REPORT, EvalReport, decide, failing
 from finetune_api.hyperparameters import resolve
 from finetune_api.promotion import EVAL_REPORT_HTML, MANIFEST, MODEL_CARD, digest_of
 from finetune_api.run_layout import (
+    CHECKPOINTS,
+    COMPLETE_MARKER,
     DATA_REPORT,
     PROGRESS,
     CheckpointMarker,
     DataValidationReport,
     ProgressReport,
-    best_step,
     checkpoint_prefix,
+    promotable_step,
 )
 from finetune_api.trainer_config import (
     EvaluationTarget,
@@ -260,13 +262,10 @@ def main(
     return code
 
 
-def _best(staging: Path) -> int:
-    markers = [
-        CheckpointMarker.model_validate_json(p.read_bytes())
-        for p in (staging / "checkpoints").glob("*/COMPLETE")
-    ]
-    step = best_step((m.step, m.metrics) for m in markers)
-    return step if step is not None else max(m.step for m in markers)
+def _markers(staging: Path) -> list[CheckpointMarker]:
+    """The complete checkpoints of a local run, oldest first."""
+    found = (staging / CHECKPOINTS).glob(f"*/{COMPLETE_MARKER}")
+    return sorted((CheckpointMarker.model_validate_json(p.read_bytes()) for p in found), key=lambda m: m.step)
 
 
 @dataclass(frozen=True)
@@ -283,7 +282,10 @@ def _gate(run: Local, gate: EvalGate, *, destination: Path, approve: str | None)
     """Evaluate the best checkpoint, decide, and promote what passes; 0 when promoted (or waiting for an
     approval that was not given), 3 when the gate rejects."""
     config, staging, scratch, log = run.config, run.staging, run.scratch, run.log
-    step = _best(staging)
+    step = promotable_step((m.step, m.metrics) for m in _markers(staging))
+    if step is None:
+        print(f"EvalGate {gate.metadata.name}: no complete checkpoint to evaluate", file=sys.stderr)
+        return 1
     checkpoint = str(staging / checkpoint_prefix(step))
     name = gate.metadata.name
     target = EvaluationTarget(
@@ -353,13 +355,13 @@ def _promote(
 
 def _summary(staging: Path, trained: float, total: float, before: Score | None, after: Score | None) -> None:
     progress = ProgressReport.model_validate_json((staging / PROGRESS).read_bytes())
-    checkpoints = sorted(p.parent.name for p in (staging / "checkpoints").glob("*/COMPLETE"))
+    checkpoints = [Path(checkpoint_prefix(m.step)).name for m in _markers(staging)]
     print(f"\ntrained {progress.step}/{progress.total_steps} steps in {trained:.0f} s ({total:.0f} s in all)")
     if progress.loss is not None:
         print(
             f"final loss {progress.loss:.4f}"
             + (f", eval loss {progress.eval_loss:.4f}" if progress.eval_loss else "")
         )
-    print(f"checkpoints: {', '.join(checkpoints)} in {staging / 'checkpoints'}")
+    print(f"checkpoints: {', '.join(checkpoints)} in {staging / CHECKPOINTS}")
     if before is not None and after is not None:
         print(f"holdout {before.metric}: {before.shown} before -> {after.shown} after")

@@ -8,8 +8,8 @@ from finetune_api.run_layout import (
     CheckpointMarker,
     DataValidationReport,
     ProgressReport,
-    best_step,
     checkpoint_prefix,
+    promotable_step,
 )
 from finetune_api.v1alpha1 import Condition, ConditionType, Reason
 from finetune_api.v1alpha1.conditions import ConditionStatus
@@ -95,7 +95,5 @@ def checkpoint_records(markers: tuple[CheckpointMarker, ...], staging_uri: str) 
 
 def best_checkpoint(records: list[CheckpointRecord]) -> CheckpointRecord | None:
     """The best by `run_layout.best_step` (grader reward, else eval loss), otherwise the latest."""
-    if not records:
-        return None
-    step = best_step((r.step, r.metrics) for r in records)
-    return next((r for r in records if r.step == step), records[-1])
+    step = promotable_step((r.step, r.metrics) for r in records)
+    return next((r for r in records if r.step == step), None)
