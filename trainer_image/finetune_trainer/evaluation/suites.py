@@ -24,6 +24,7 @@ its error in the report and fails the gate; the others still run. Replies are ge
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -150,8 +151,9 @@ class Scored:
 Scorer = Callable[[Sequence[Any]], Scored]
 
 
-def scorer(prepared: Prepared, store: Store, scratch: Path) -> Scorer:
-    """Turns one model's outputs on the suite into per-example scores (win_rate is scored apart)."""
+def scorer(prepared: Prepared, store: Store, scratch: Path, graders: contextlib.ExitStack) -> Scorer:
+    """Turns one model's outputs on the suite into per-example scores (win_rate is scored apart). The
+    graders it compiles close with `graders`."""
     suite, items, references = prepared.suite, prepared.items, prepared.references
     metric = Metric(suite.metric)
     if metric == Metric.EVAL_LOSS:
@@ -169,7 +171,7 @@ def scorer(prepared: Prepared, store: Store, scratch: Path) -> Scorer:
     if metric == Metric.GRADER_SCORE:
         if suite.judge is None:
             raise ValueError("grader_score needs a judge")
-        grader = compile_grader(suite.judge, scratch=scratch)
+        grader = graders.enter_context(compile_grader(suite.judge, scratch=scratch))
 
         def graded(replies: Sequence[str]) -> Scored:
             results = grader.grade([sample_from_text(r) for r in replies], items)
@@ -200,7 +202,7 @@ def scorer(prepared: Prepared, store: Store, scratch: Path) -> Scorer:
     if metric == Metric.OVER_REFUSAL_RATE:
         return lambda replies: _flags(safety.over_refusal_rate(refusals.flags(replies)).scores, refusals.name)
     if metric == Metric.JAILBREAK_SUCCESS_RATE:
-        return _jailbreak(prepared, refusals, store, scratch)
+        return _jailbreak(prepared, refusals, store, scratch, graders)
     raise ValueError(f"no scorer for metric {metric}")
 
 
@@ -208,10 +210,12 @@ def _flags(scores: list[float], name: str) -> Scored:
     return Scored(scores, name, [{}] * len(scores))
 
 
-def _jailbreak(prepared: Prepared, refusals: safety.Flagger, store: Store, scratch: Path) -> Scorer:
+def _jailbreak(
+    prepared: Prepared, refusals: safety.Flagger, store: Store, scratch: Path, graders: contextlib.ExitStack
+) -> Scorer:
     suite = prepared.suite
     if suite.judge is not None:
-        judge = compile_grader(suite.judge, scratch=scratch)
+        judge = graders.enter_context(compile_grader(suite.judge, scratch=scratch))
 
         def harm(replies: Sequence[str]) -> list[bool]:
             return safety.harmful_by_judge(
@@ -253,10 +257,11 @@ def outcome(
         scored = Scored(result.scores, judged, result.details, list(result.ci))
         base_scored = None
     else:
-        score = scorer(prepared, store, scratch)
-        scored = score(first)
-        seed_values = [_mean(score(prepared.candidate[s]).scores) for s in seeds[1:]]
-        base_scored = score(base) if base is not None else None
+        with contextlib.ExitStack() as graders:
+            score = scorer(prepared, store, scratch, graders)
+            scored = score(first)
+            seed_values = [_mean(score(prepared.candidate[s]).scores) for s in seeds[1:]]
+            base_scored = score(base) if base is not None else None
     value = _mean(scored.scores)
     result_outcome = SuiteOutcome(
         suite=suite.name,
@@ -293,8 +298,8 @@ def outcome(
     return result_outcome, records
 
 
-def _free(model: Any) -> None:
-    del model
+def _release() -> None:
+    """Return the memory of a model the caller has just dropped (`del`), before the next one loads."""
     gc.collect()
     try:
         import torch  # noqa: PLC0415
@@ -327,7 +332,8 @@ def evaluate(config: TrainerConfig, store: Store, scratch: Path) -> tuple[EvalRe
                 p.baseline = observe(model, tokenizer, p, seeds[0], said)
             except Exception as err:
                 errors[p.suite.name] = f"baseline: {type(err).__name__}: {err}"
-        _free(model)
+        del model, tokenizer
+        _release()
     adapter = restore(store, config.storage.staging_uri, target.checkpoint_step, scratch / "candidate")
     model, tokenizer = load(materialize(config.base_model, store, scratch), adapter)
     said = {}
@@ -339,7 +345,8 @@ def evaluate(config: TrainerConfig, store: Store, scratch: Path) -> tuple[EvalRe
                 p.candidate[seed] = observe(model, tokenizer, p, seed, said)
         except Exception as err:
             errors[p.suite.name] = f"{type(err).__name__}: {err}"
-    _free(model)
+    del model, tokenizer
+    _release()
     outcomes, records = [], []
     for suite in spec.suites:
         ready = prepared.get(suite.name)
