@@ -1,9 +1,8 @@
 """What `evaluate` reports, and the gate's decision on it: pure, so the operator and `finetune run` agree.
 
-The evaluate pod writes, under its run's staging prefix, the per-example records first and the report last:
-
-    <staging>/eval/examples.jsonl   one record per example and suite: prompt, both replies, scores
-    <staging>/eval/report.json      an `EvalReport`: per suite the value, the baseline's, per-example scores
+The evaluate pod writes, under its run's staging prefix (`run_layout.StagingLayout`), the per-example records
+first (`eval_examples`: prompt, both replies, scores) and the report last (`eval_report`: an `EvalReport`,
+per suite the value, the baseline's and the per-example scores).
 
 `decide(spec, report)` turns a report into a `GateResult`, and fails closed: no report, an unreadable one, an
 evaluation error, a suite without a result, a metric that is not a finite number, a missing baseline where
@@ -32,11 +31,10 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from finetune_api.base import ApiModel, Name, ShortText, Text, Uri
+from finetune_api.v1alpha1.conditions import Verdict
 from finetune_api.v1alpha1.evalgate import HIGHER_IS_BETTER, EvalGateSpec, Metric, NoRegression, Suite
 from finetune_api.v1alpha1.finetunejob import GateResult, MetricResult
 
-EVAL_REPORT = "eval/report.json"
-EVAL_EXAMPLES = "eval/examples.jsonl"
 BOOTSTRAP_RESAMPLES = 1000
 
 
@@ -78,7 +76,7 @@ def decide(
     )
     if report is None or why:
         return GateResult(
-            verdict="Error",
+            verdict=Verdict.ERROR,
             metrics=[_failed(suite, f"not evaluated: {why}") for suite in spec.suites],
             evaluated_at=at,
         )
@@ -89,7 +87,7 @@ def decide(
         results.append(_threshold(suite, outcome, spec))
         if _compared(spec.no_regression, suite):
             results.append(_no_regression(suite, outcome, spec.no_regression))
-    verdict: Literal["Passed", "Failed"] = "Passed" if all(r.passed for r in results) else "Failed"
+    verdict = Verdict.PASSED if all(r.passed for r in results) else Verdict.FAILED
     return GateResult(verdict=verdict, metrics=results, evaluated_at=at)
 
 

@@ -59,6 +59,12 @@ def check_relative_key(key: str) -> str:
     return key
 
 
+def version_uri(destination: str, version: str) -> str:
+    """Where version `version` of `destination` lives: an S3 prefix or a local folder alike (a `file://`
+    URI or a plain path, kept as given), always ending in '/'."""
+    return f"{destination.rstrip('/')}/{check_version(version)}/"
+
+
 def manifest_key(version: str) -> str:
     """The manifest's key relative to the destination."""
     return f"{check_version(version)}/{MANIFEST}"

@@ -8,6 +8,9 @@ credentials. Everything is JSON, each object replaced whole (S3 PUT is atomic pe
     <staging>/progress.json                       replaced by train at most every 15 s
     <staging>/checkpoints/step-000000120/...      weights, tokenizer, trainer state
     <staging>/checkpoints/step-000000120/COMPLETE marker with the checkpoint's metrics, written last
+    <staging>/holdout-base.json, holdout-latest.json   the holdout metric before and after (score-holdout)
+    <staging>/eval/examples.jsonl                 per-example records of `evaluate`, written first
+    <staging>/eval/report.json                    the evaluation report (`finetune_api.gate`), written last
 
 A checkpoint without its COMPLETE marker is partial and ignored (a crash mid-save leaves no half
 checkpoint behind for anyone to load); a restarted run resumes from the newest complete one.
@@ -16,8 +19,9 @@ checkpoint behind for anyone to load); a restarted run resumes from the newest c
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -27,11 +31,57 @@ DATA_REPORT = "data-report.json"
 PROGRESS = "progress.json"
 CHECKPOINTS = "checkpoints/"
 COMPLETE_MARKER = "COMPLETE"
+EVAL_REPORT = "eval/report.json"
+EVAL_EXAMPLES = "eval/examples.jsonl"
 PROGRESS_INTERVAL_SECONDS = 15
+
+HoldoutModel = Literal["base", "latest"]
 
 
 def checkpoint_prefix(step: int) -> str:
     return f"{CHECKPOINTS}step-{step:09d}/"
+
+
+def holdout_score(which: HoldoutModel) -> str:
+    return f"holdout-{which}.json"
+
+
+@dataclass(frozen=True)
+class StagingLayout:
+    """Every location under one run's staging prefix. `root` is an s3:// prefix or a local folder, ending
+    in '/', so each location is the root and a relative key: the same on S3 and on a local disk."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        if not self.root.endswith("/"):
+            raise ValueError(f"a staging root ends with '/': {self.root!r}")
+
+    @property
+    def data_report(self) -> str:
+        return self.root + DATA_REPORT
+
+    @property
+    def progress(self) -> str:
+        return self.root + PROGRESS
+
+    @property
+    def checkpoints(self) -> str:
+        return self.root + CHECKPOINTS
+
+    def checkpoint(self, step: int) -> str:
+        return self.root + checkpoint_prefix(step)
+
+    def holdout_score(self, which: HoldoutModel) -> str:
+        return self.root + holdout_score(which)
+
+    @property
+    def eval_report(self) -> str:
+        return self.root + EVAL_REPORT
+
+    @property
+    def eval_examples(self) -> str:
+        return self.root + EVAL_EXAMPLES
 
 
 def step_of(key: str) -> int | None:
@@ -80,7 +130,7 @@ class CheckpointMarker(ApiModel):
     created_at: datetime | None = None
 
 
-# What "best" means for a run's checkpoints, for the trainer's pruning and the operator's status alike: the
+# What "best" means for a run's checkpoints, for the trainer's pruning and the run plan's candidate alike: the
 # highest grader reward on the validation prompts (RFT), else the lowest eval loss; ties go to the later step.
 BEST_BY_REWARD = "eval_reward"
 BEST_BY_LOSS = "eval_loss"
@@ -94,12 +144,3 @@ def best_step(scored: Iterable[tuple[int, Mapping[str, float]]]) -> int | None:
         return max(rewarded)[1]
     losses = [(metrics[BEST_BY_LOSS], -step) for step, metrics in candidates if BEST_BY_LOSS in metrics]
     return -min(losses)[1] if losses else None
-
-
-def promotable_step(scored: Iterable[tuple[int, Mapping[str, float]]]) -> int | None:
-    """The checkpoint a gate evaluates: the best (`best_step`), else the latest; None when there is none."""
-    candidates = list(scored)
-    best = best_step(candidates)
-    if best is not None:
-        return best
-    return max((step for step, _ in candidates), default=None)

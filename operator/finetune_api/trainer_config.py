@@ -1,9 +1,15 @@
-"""The trainer contract: the resolved configuration a trainer pod receives.
+"""The trainer contract: what each trainer command receives, one type per command.
 
-The operator renders it into a ConfigMap (mounted at `CONFIG_PATH`); `finetune run` builds the same object
-locally. Everything here is concrete: no "auto", no Secret values (credentials arrive as environment
-variables from the referenced Secret), every location a full URI. Bump `CONTRACT_VERSION` on any change a
-trainer of the previous version could not read.
+    validate-data   ValidateContract   the run's identity, data, gates and storage (no row count yet)
+    train           TrainContract      ... plus the resolved hyperparameters (also read by score-holdout)
+    evaluate        EvaluateContract   ... plus the candidate checkpoint, the baseline and the EvalGate
+    promote         PromoteContract    ... plus the verdict, the approval and the version to publish
+
+Each type carries exactly what its command needs, so no command reads a field only another one fills.
+`finetune_api.plan.RunPlan` builds them all; the operator renders them into a ConfigMap or a pod annotation
+(mounted at `CONFIG_PATH`), `finetune run` into local files. Everything here is concrete: no "auto", no
+Secret values (credentials arrive as environment variables from the referenced Secret), every location a
+full URI. Bump `CONTRACT_VERSION` on any change a trainer of the previous version could not read.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from finetune_api.base import ApiModel, Name, ShortText, Uri
-from finetune_api.hyperparameters import Resolved
+from finetune_api.run_layout import StagingLayout
 from finetune_api.v1alpha1.common import DatasetSource, ModelSource
 from finetune_api.v1alpha1.evalgate import EvalGateSpec
 from finetune_api.v1alpha1.finetunejob import (
@@ -23,7 +29,6 @@ from finetune_api.v1alpha1.finetunejob import (
     DataGates,
     DpoSettings,
     EarlyStopping,
-    FineTuneJob,
     GateResult,
     Method,
     RftSettings,
@@ -86,7 +91,9 @@ class PromotionTarget(ApiModel):
     approval: Approval | None = None
 
 
-class TrainerConfig(ApiModel):
+class RunContract(ApiModel):
+    """What every trainer command reads: who the run is, its data and settings, and where it stages."""
+
     contract_version: Literal[1] = 1
     run_id: ShortText
     job_name: Name
@@ -98,9 +105,6 @@ class TrainerConfig(ApiModel):
     validation: DatasetSource | None = None
     holdout: DatasetSource | None = None
     adapter: Adapter
-    hyperparameters: ResolvedHyperparameters | None = Field(
-        default=None, description="Absent for validate-data, which runs before the row count is known."
-    )
     dpo: DpoSettings | None = None
     rft: RftSettings | None = None
     vision: VisionSettings | None = None
@@ -109,63 +113,29 @@ class TrainerConfig(ApiModel):
     checkpointing: Checkpointing
     storage: StorageTarget
     distributed: Distributed = Field(default_factory=Distributed)
-    evaluation: EvaluationTarget | None = Field(default=None, description="Set for evaluate only.")
-    promotion: PromotionTarget | None = Field(default=None, description="Set for promote only.")
+
+    @property
+    def layout(self) -> StagingLayout:
+        return StagingLayout(self.storage.staging_uri)
 
 
-def staging_uri(job: FineTuneJob, run_id: str) -> str:
-    storage = job.spec.storage
-    namespace = job.metadata.namespace or "default"
-    return f"s3://{storage.bucket}/{storage.prefix}{namespace}/{job.metadata.name}/{run_id}/"
+class ValidateContract(RunContract):
+    """`validate-data`: runs before the row count is known, so it has no hyperparameters."""
 
 
-def version_uri(job: FineTuneJob, run_id: str) -> str:
-    """Where the run's promoted model goes: a version of its own under outputUri."""
-    output = job.spec.output_uri or ""
-    return f"{output.rstrip('/')}/{run_id}/"
+class TrainContract(RunContract):
+    """`train` and `score-holdout`: hyperparameters resolved from the validated row count."""
+
+    hyperparameters: ResolvedHyperparameters
 
 
-def build_trainer_config(job: FineTuneJob, *, run_id: str, resolved: Resolved | None) -> TrainerConfig:
-    """The contract for one run of `job`: with "auto" hyperparameters resolved for training, or without
-    hyperparameters (`resolved=None`) for data validation."""
-    spec = job.spec
-    hp = spec.hyperparameters
-    return TrainerConfig(
-        run_id=run_id,
-        job_name=job.metadata.name,
-        namespace=job.metadata.namespace or "default",
-        job_uid=job.metadata.uid,
-        method=spec.method,
-        base_model=spec.base_model,
-        training=spec.datasets.training,
-        validation=spec.datasets.validation,
-        holdout=spec.datasets.holdout,
-        adapter=spec.adapter,
-        hyperparameters=None
-        if resolved is None
-        else ResolvedHyperparameters(
-            epochs=resolved.epochs,
-            batch_size=resolved.batch_size,
-            learning_rate=resolved.learning_rate,
-            max_seq_length=hp.max_seq_length,
-            packing=hp.packing,
-            warmup_ratio=hp.warmup_ratio,
-            gradient_accumulation_steps=hp.gradient_accumulation_steps,
-            weight_decay=hp.weight_decay,
-            seed=hp.seed,
-        ),
-        dpo=spec.dpo,
-        rft=spec.rft,
-        vision=spec.vision,
-        data_gates=spec.data_gates,
-        early_stopping=spec.early_stopping,
-        checkpointing=spec.checkpointing,
-        storage=StorageTarget(
-            endpoint=spec.storage.endpoint,
-            region=spec.storage.region,
-            force_path_style=spec.storage.force_path_style,
-            staging_uri=staging_uri(job, run_id),
-            output_uri=spec.output_uri,
-        ),
-        distributed=(Distributed(nodes=spec.resources.nodes, gpus_per_node=spec.resources.gpus_per_node)),
-    )
+class EvaluateContract(TrainContract):
+    """`evaluate`: the training contract and what to score on which suites."""
+
+    evaluation: EvaluationTarget
+
+
+class PromoteContract(TrainContract):
+    """`promote`: the training contract and what to publish where."""
+
+    promotion: PromotionTarget

@@ -13,9 +13,9 @@ from finetune_api.v1alpha1.finetunejob import (
     AdapterType,
     FineTuneJob,
     FineTuneJobSpec,
-    FineTuneJobStatus,
     Method,
 )
+from finetune_api.v1alpha1.finetunejob_status import FineTuneJobStatus
 from finetune_api.v1alpha1.graders import Grader
 
 RESOURCES: tuple[tuple[type[BaseModel], CrdNames], ...] = (

@@ -2,7 +2,7 @@
 
 Conditions are for machines (`kubectl wait --for=condition=Succeeded`, Argo CD health); the phase is a
 one-word summary for humans. Every reason is a PascalCase constant defined here, so the operator, the
-tests and the docs share one spelling.
+tests and the docs share one spelling; every reason here is used, and the operator uses no other.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ class Phase(StrEnum):
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.REJECTED})
 
 
+class Verdict(StrEnum):
+    """An EvalGate's verdict: Passed; Failed (a check failed); Error (no usable evidence, failing closed)."""
+
+    PASSED = "Passed"
+    FAILED = "Failed"
+    ERROR = "Error"
+
+
 class ConditionType(StrEnum):
     """Condition types of a FineTuneJob. Each is True, False or Unknown, never absent once reached."""
 
@@ -49,13 +57,13 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"  # terminal: trained (and, with a gate, promoted)
     FAILED = "Failed"  # terminal: the reason says what to change
+    RECONCILE_ERROR = "ReconcileError"  # True while the operator keeps failing to reconcile the job
 
 
 class Reason(StrEnum):
     """Condition reasons. A Failed condition's reason tells the user what kind of change is needed."""
 
     # progress
-    CREATED = "Created"
     VALIDATION_RUNNING = "ValidationRunning"
     DATA_GATES_PASSED = "DataGatesPassed"
     TRAINING_RUNNING = "TrainingRunning"
@@ -78,7 +86,6 @@ class Reason(StrEnum):
     # user must change something
     INVALID_SPEC = "InvalidSpec"
     EVAL_GATE_NOT_FOUND = "EvalGateNotFound"
-    SECRET_NOT_FOUND = "SecretNotFound"
     DATA_GATES_FAILED = "DataGatesFailed"
     DATA_UNREADABLE = "DataUnreadable"
     # the run itself failed
@@ -89,6 +96,11 @@ class Reason(StrEnum):
     GATE_FAILED = "GateFailed"
     REJECTED_BY_REVIEWER = "RejectedByReviewer"
     PROMOTION_FAILED = "PromotionFailed"
+    # the operator itself
+    RECONCILE_FAILING = "ReconcileFailing"
+    RECONCILED = "Reconciled"
+    CLEANUP_SKIPPED = "CleanupSkipped"
+    CLEANUP_ABANDONED = "CleanupAbandoned"
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -24,7 +24,7 @@ from finetune_api.base import (
     list_map,
 )
 from finetune_api.v1alpha1.common import DatasetSource, ModelSource, ObjectMeta, Resources, Threshold
-from finetune_api.v1alpha1.conditions import Condition
+from finetune_api.v1alpha1.conditions import Condition, Verdict
 from finetune_api.v1alpha1.graders import Grader
 
 
@@ -181,7 +181,7 @@ class EvalGateSpec(ApiModel):
 class Evaluation(ApiModel):
     job: Name
     checkpoint: Uri | None = None
-    verdict: Literal["Passed", "Failed", "Error"]
+    verdict: Verdict
     time: datetime
     metrics: dict[str, float] = Field(default_factory=dict)
     report_uri: Uri | None = None
@@ -193,7 +193,7 @@ MAX_HISTORY = 20
 class EvalGateStatus(ApiModel):
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
     observed_generation: int | None = None
-    last_verdict: Literal["Passed", "Failed", "Error"] | None = None
+    last_verdict: Verdict | None = None
     history: Annotated[list[Evaluation], Field(max_length=MAX_HISTORY)] = Field(
         default_factory=list, description=f"The latest {MAX_HISTORY} evaluations, oldest first."
     )

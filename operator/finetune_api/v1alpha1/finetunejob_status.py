@@ -1,0 +1,120 @@
+"""The status of a FineTuneJob, written only by the operator: phase and conditions, the run's progress and
+checkpoints, the data report, the gate's result, a reviewer's approval and the promoted version, pinned by
+its digest. Types only (pydantic): `finetunejob.py` holds the spec and the kind, and re-exports `__all__`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from finetune_api.base import GROUP, ApiModel, Name, ShortText, Text, Uri
+from finetune_api.v1alpha1.conditions import Condition, Phase, Verdict
+
+
+class Progress(ApiModel):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    percent: Annotated[int, Field(ge=0, le=100)] | None = None
+    summary: ShortText | None = Field(default=None, description='"step/total (percent%)", for kubectl get.')
+    eta: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class DataReport(ApiModel):
+    rows: dict[str, int] = Field(default_factory=dict, description="Valid rows per split.")
+    duplicate_rate: float | None = None
+    leakage_rate: float | None = None
+    pii_findings: dict[str, int] = Field(default_factory=dict, description="Findings per PII kind.")
+    dropped: dict[str, int] = Field(default_factory=dict, description="Rows dropped per reason.")
+    failed_rules: Annotated[list[Text], Field(max_length=32)] = Field(default_factory=list)
+    report_uri: Uri | None = None
+
+
+class CheckpointRecord(ApiModel):
+    step: Annotated[int, Field(ge=0)]
+    uri: Uri
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+MAX_CHECKPOINTS = 20
+
+
+class MetricResult(ApiModel):
+    suite: Name
+    metric: ShortText
+    value: float | None = None
+    threshold: float | None = None
+    comparator: Literal["min", "max", "no_regression"] | None = None
+    baseline: float | None = None
+    passed: bool
+    message: Text | None = None
+
+
+class GateResult(ApiModel):
+    verdict: Verdict
+    metrics: Annotated[list[MetricResult], Field(max_length=64)] = Field(default_factory=list)
+    report_uri: Uri | None = None
+    evaluated_at: datetime | None = None
+
+
+# A reviewer approves or rejects a FineTuneJob whose gate requires approval by annotating it, e.g.
+# `kubectl annotate ftj NAME finetune.dev/approved-by=alice`; the operator records who and when in status.
+APPROVED_BY_ANNOTATION = f"{GROUP}/approved-by"
+REJECTED_BY_ANNOTATION = f"{GROUP}/rejected-by"
+APPROVAL_COMMENT_ANNOTATION = f"{GROUP}/approval-comment"
+
+
+class Approval(ApiModel):
+    decision: Literal["Approved", "Rejected"]
+    by: ShortText
+    at: datetime
+    comment: Text | None = None
+
+
+class PromotedArtifact(ApiModel):
+    uri: Uri
+    digest: Annotated[str, Field(max_length=71)]
+    promoted_at: datetime | None = None
+
+
+class FineTuneJobStatus(ApiModel):
+    phase: Phase = Phase.PENDING
+    conditions: Annotated[list[Condition], Field(max_length=32)] = Field(default_factory=list)
+    observed_generation: int | None = None
+    run_id: ShortText | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    attempts: Annotated[int, Field(ge=0)] = 0
+    progress: Progress | None = None
+    data_report: DataReport | None = None
+    checkpoints: Annotated[list[CheckpointRecord], Field(max_length=MAX_CHECKPOINTS)] = Field(
+        default_factory=list, description=f"The latest {MAX_CHECKPOINTS} checkpoints, oldest first."
+    )
+    best_checkpoint: CheckpointRecord | None = None
+    gate: GateResult | None = None
+    approval: Approval | None = None
+    promoted: PromotedArtifact | None = None
+
+
+__all__ = [
+    "APPROVAL_COMMENT_ANNOTATION",
+    "APPROVED_BY_ANNOTATION",
+    "MAX_CHECKPOINTS",
+    "REJECTED_BY_ANNOTATION",
+    "Approval",
+    "CheckpointRecord",
+    "DataReport",
+    "FineTuneJobStatus",
+    "GateResult",
+    "MetricResult",
+    "Progress",
+    "PromotedArtifact",
+]
