@@ -15,12 +15,28 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from finetune_api.trainer_config import CONFIG_PATH, TrainerConfig
+from finetune_api.trainer_config import (
+    CONFIG_PATH,
+    EvaluateContract,
+    PromoteContract,
+    RunContract,
+    TrainContract,
+    ValidateContract,
+)
+
+# The contract each command reads (finetune_api.trainer_config): one type per command.
+CONTRACTS: dict[str, type[RunContract]] = {
+    "validate-data": ValidateContract,
+    "train": TrainContract,
+    "score-holdout": TrainContract,
+    "evaluate": EvaluateContract,
+    "promote": PromoteContract,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finetune_trainer")
-    parser.add_argument("command", choices=["validate-data", "train", "score-holdout", "evaluate", "promote"])
+    parser.add_argument("command", choices=list(CONTRACTS))
     parser.add_argument("--config", type=Path, default=Path(CONFIG_PATH))
     parser.add_argument("--workdir", type=Path, default=None, help="local scratch (default /scratch/run)")
     parser.add_argument(
@@ -31,27 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = TrainerConfig.model_validate_json(args.config.read_text())
+        config = CONTRACTS[args.command].model_validate_json(args.config.read_text())
     except (OSError, ValidationError) as err:
-        print(f"cannot read the trainer contract {args.config}: {err}", file=sys.stderr)
+        print(f"cannot read the {args.command} contract {args.config}: {err}", file=sys.stderr)
         return 2
-    if args.command == "promote":
+    if isinstance(config, PromoteContract):
         from finetune_trainer import promote  # noqa: PLC0415
 
         return promote.main(config)
-    if args.command == "evaluate":
+    if isinstance(config, EvaluateContract):
         from finetune_trainer import train  # noqa: PLC0415
         from finetune_trainer.evaluation import suites  # noqa: PLC0415
 
         return suites.main(config, train.workdir(args.workdir))
-    if args.command == "score-holdout":
-        from finetune_trainer import train  # noqa: PLC0415
-        from finetune_trainer.evaluation import task  # noqa: PLC0415
-
-        return task.main(config, args.checkpoint, train.workdir(args.workdir))
-    if args.command == "train":
+    if isinstance(config, TrainContract):
         from finetune_trainer import train  # noqa: PLC0415 (the heavy imports only for the command run)
 
+        if args.command == "score-holdout":
+            from finetune_trainer.evaluation import task  # noqa: PLC0415
+
+            return task.main(config, args.checkpoint, train.workdir(args.workdir))
         return train.main(config, args.workdir)
     from finetune_trainer import validate  # noqa: PLC0415
 

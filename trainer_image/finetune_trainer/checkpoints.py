@@ -25,11 +25,10 @@ from typing import Any
 from transformers import TrainerCallback
 
 from finetune_api.run_layout import (
-    CHECKPOINTS,
     COMPLETE_MARKER,
     CheckpointMarker,
+    StagingLayout,
     best_step,
-    checkpoint_prefix,
     step_of,
 )
 from finetune_trainer.storage import Store, join
@@ -47,32 +46,34 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def complete_markers(store: Store, staging_uri: str) -> list[CheckpointMarker]:
+def complete_markers(store: Store, layout: StagingLayout) -> list[CheckpointMarker]:
     markers = []
-    for uri in store.list(join(staging_uri, CHECKPOINTS)):
+    for uri in store.list(layout.checkpoints):
         if step_of(uri) is not None:
             markers.append(CheckpointMarker.model_validate_json(store.read_bytes(uri)))
     return sorted(markers, key=lambda m: m.step)
 
 
-def latest_complete(store: Store, staging_uri: str) -> int | None:
-    markers = complete_markers(store, staging_uri)
+def latest_complete(store: Store, layout: StagingLayout) -> int | None:
+    markers = complete_markers(store, layout)
     return markers[-1].step if markers else None
 
 
-def restore(store: Store, staging_uri: str, step: int, output_dir: Path) -> Path:
+def restore(store: Store, layout: StagingLayout, step: int, output_dir: Path) -> Path:
     """Download checkpoint `step` to `output_dir/checkpoint-<step>` (Trainer's layout) and return it."""
     local = output_dir / f"checkpoint-{step}"
     shutil.rmtree(local, ignore_errors=True)
-    store.download_prefix(join(staging_uri, checkpoint_prefix(step)), local)
+    store.download_prefix(layout.checkpoint(step), local)
     (local / COMPLETE_MARKER).unlink(missing_ok=True)
     return local
 
 
 class StagingCheckpoints(TrainerCallback):
-    def __init__(self, store: Store, staging_uri: str, *, keep_last: int, provenance: dict[str, Any]) -> None:
+    def __init__(
+        self, store: Store, layout: StagingLayout, *, keep_last: int, provenance: dict[str, Any]
+    ) -> None:
         self.store = store
-        self.staging = staging_uri
+        self.layout = layout
         self.keep_last = keep_last
         self.provenance = provenance  # name -> JSON value, written beside every checkpoint
         self.metrics: dict[str, float] = {}
@@ -98,14 +99,14 @@ class StagingCheckpoints(TrainerCallback):
             "metrics": self.metrics,
         }.items():
             (extra / f"{name}.json").write_text(json.dumps(value, indent=2, default=str))
-        prefix = join(self.staging, checkpoint_prefix(step))
+        prefix = self.layout.checkpoint(step)
         self.store.upload_dir(local, prefix)
         marker = CheckpointMarker(step=step, metrics=dict(self.metrics), created_at=datetime.now(UTC))
         self.store.write_bytes(join(prefix, COMPLETE_MARKER), marker.model_dump_json(by_alias=True).encode())
         self._prune()
 
     def _prune(self) -> None:
-        markers = complete_markers(self.store, self.staging)
+        markers = complete_markers(self.store, self.layout)
         keep = {m.step for m in markers[-self.keep_last :]}
         best = best_step((m.step, m.metrics) for m in markers)
         if best is not None:
@@ -113,7 +114,7 @@ class StagingCheckpoints(TrainerCallback):
         for marker in markers:
             if marker.step in keep:
                 continue
-            prefix = join(self.staging, checkpoint_prefix(marker.step))
+            prefix = self.layout.checkpoint(marker.step)
             self.store.delete(join(prefix, COMPLETE_MARKER))
             for uri in self.store.list(prefix):
                 self.store.delete(uri)

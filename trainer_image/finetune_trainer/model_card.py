@@ -1,6 +1,6 @@
 """The model card and the lineage document that `promote` publishes beside a checkpoint's weights.
 
-Both are pure functions of what the run already recorded: the trainer contract (`TrainerConfig`), the
+Both are pure functions of what the run already recorded: the trainer contract (`TrainContract`), the
 digests of the data trained on and the library versions (`finetune/datasets.json` and
 `finetune/versions.json` in every checkpoint, see `checkpoints.py`), the gate's result and the evaluation
 report. Nothing here reads storage, the clock or git: the same inputs give the same documents, and a
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api.gate import EvalReport
-from finetune_api.trainer_config import TrainerConfig
+from finetune_api.trainer_config import TrainContract
 from finetune_api.v1alpha1.evalgate import EvalGateSpec, Metric
 from finetune_api.v1alpha1.finetunejob import Approval, GateResult, MetricResult
 
@@ -67,7 +67,7 @@ def code_version() -> str:
         return "unknown"
 
 
-def dataset_records(config: TrainerConfig, datasets: Mapping[str, Any]) -> list[DatasetRecord]:
+def dataset_records(config: TrainContract, datasets: Mapping[str, Any]) -> list[DatasetRecord]:
     """Each split of the contract with the digest of the file as read (`finetune/datasets.json`: split ->
     {"sha256", "rows"}), else the digest the spec declared, else None."""
     records = []
@@ -95,7 +95,7 @@ def dataset_records(config: TrainerConfig, datasets: Mapping[str, Any]) -> list[
 
 
 def lineage(
-    config: TrainerConfig,
+    config: TrainContract,
     *,
     datasets: Mapping[str, Any],
     versions: Mapping[str, str],
@@ -145,7 +145,7 @@ def lineage(
 
 
 def model_card(
-    config: TrainerConfig,
+    config: TrainContract,
     gate: GateResult,
     report: EvalReport | None,
     *,
@@ -287,14 +287,14 @@ def _approval(approval: Approval | None, spec: EvalGateSpec | None) -> str:
     return "none recorded"
 
 
-def _base(config: TrainerConfig) -> str:
+def _base(config: TrainContract) -> str:
     base = config.base_model
     digest = f"digest {_code(_sha256(base.digest))}" if base.digest else "digest not recorded"
     revision = f"revision {_md(base.revision)}, " if base.revision else ""
     return f"{_code(base.uri)} ({revision}{digest})"
 
 
-def _adapter(config: TrainerConfig) -> str:
+def _adapter(config: TrainContract) -> str:
     adapter = config.adapter
     kind = str(adapter.type)
     if kind == "full":

@@ -16,8 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from transformers import TrainerCallback
 
-from finetune_api.run_layout import PROGRESS, PROGRESS_INTERVAL_SECONDS, ProgressReport
-from finetune_trainer.storage import Store, join
+from finetune_api.run_layout import PROGRESS_INTERVAL_SECONDS, ProgressReport
+from finetune_trainer.storage import Store
 
 METRICS_PORT_ENV = "FINETUNE_METRICS_PORT"
 
@@ -43,9 +43,9 @@ class Metrics:
 
 
 class ProgressReporter(TrainerCallback):
-    def __init__(self, store: Store, staging_uri: str, metrics: Metrics | None = None) -> None:
+    def __init__(self, store: Store, uri: str, metrics: Metrics | None = None) -> None:
         self.store = store
-        self.uri = join(staging_uri, PROGRESS)
+        self.uri = uri  # the run layout's progress.json
         self.metrics = metrics or Metrics()
         self.report: dict[str, Any] = {}
         self.last_write = 0.0

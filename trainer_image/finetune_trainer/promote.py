@@ -15,9 +15,9 @@ import re
 import sys
 from typing import Any
 
-from finetune_api.gate import EVAL_EXAMPLES, EVAL_REPORT, EvalReport
+from finetune_api.gate import EvalReport
 from finetune_api.promotion import EVAL_REPORT_HTML, EVAL_REPORT_JSON, LINEAGE, MODEL_CARD
-from finetune_api.trainer_config import PromotionTarget, TrainerConfig
+from finetune_api.trainer_config import PromoteContract, PromotionTarget, TrainContract
 from finetune_trainer.evaluation.report import render_html
 from finetune_trainer.model_card import lineage, model_card
 from finetune_trainer.promotion import (
@@ -50,13 +50,12 @@ def _json(store: Store, uri: str) -> Any:
         return {}
 
 
-def documents(config: TrainerConfig, target: PromotionTarget, store: Store) -> dict[str, bytes]:
+def documents(config: TrainContract, target: PromotionTarget, store: Store) -> dict[str, bytes]:
     """The model card, lineage and eval report (JSON and HTML) that travel with the weights."""
-    staging = config.storage.staging_uri
-    raw = store.read_bytes(join(staging, EVAL_REPORT))
+    raw = store.read_bytes(config.layout.eval_report)
     report = EvalReport.model_validate_json(raw)
     try:
-        lines = store.read_bytes(join(staging, EVAL_EXAMPLES)).decode().splitlines()
+        lines = store.read_bytes(config.layout.eval_examples).decode().splitlines()
         examples = [json.loads(line) for line in lines if line.strip()]
     except StorageError:
         examples = []
@@ -88,10 +87,8 @@ def documents(config: TrainerConfig, target: PromotionTarget, store: Store) -> d
     }
 
 
-def run(config: TrainerConfig, store: Store) -> Promotion:
+def run(config: PromoteContract, store: Store) -> Promotion:
     target = config.promotion
-    if target is None:
-        raise ValueError("promote needs a contract with its promotion target")
     if target.gate.verdict != "Passed":
         raise ValueError(f"the gate's verdict is {target.gate.verdict}: nothing is promoted")
     if target.approval is not None and target.approval.decision != "Approved":
@@ -120,7 +117,7 @@ def run(config: TrainerConfig, store: Store) -> Promotion:
         return verify(store, target.version_uri)  # this run's own, from an attempt that died after it
 
 
-def main(config: TrainerConfig) -> int:
+def main(config: PromoteContract) -> int:
     store = Store.for_target(config.storage)
     try:
         published = run(config, store)

@@ -15,6 +15,10 @@
 Readers trust a version only through its manifest, so a failure at any step (a PromotionError naming the
 object) leaves nothing visible, and a retry redoes the copy over the leftovers.
 
+This module owns that sequence and what each failure means. Every read and write goes through `Store`
+(`finetune_trainer.storage`), whose primitives (streamed reads, checksummed and multipart uploads,
+conditional copies and creates) serve S3 and local paths alike; only local folders are listed here.
+
 Why verification reads the bytes back: SeaweedFS 4.48 (the suite's server) checks an uploaded
 ChecksumSHA256 (a mismatch is refused with BadDigest), but for CopyObject it computes no SHA-256 even when
 asked (the copy keeps the source's CRC32), so no checksum header vouches for a copy. It honours
@@ -29,19 +33,13 @@ multipart uploads and copies; their bytes are checked by step 4 alone.
 
 from __future__ import annotations
 
-import base64
+import abc
 import contextlib
-import hashlib
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from finetune_api.promotion import (
@@ -52,14 +50,11 @@ from finetune_api.promotion import (
     check_version,
     digest_of,
     version_of,
+    version_uri,
 )
-from finetune_trainer.storage import StorageError, Store, is_s3, local_path, split
+from finetune_trainer.storage import StorageError, Store, Stream, is_s3, local_path, reraise, sha256_of
 
-CHUNK = 8 * 1024 * 1024
 SINGLE_REQUEST_LIMIT = 5 * 1024**3  # the most one PutObject or CopyObject may carry
-_MULTIPART = TransferConfig(multipart_threshold=1)  # used only above SINGLE_REQUEST_LIMIT
-_MISSING = {"404", "NoSuchKey", "NotFound"}
-_TAKEN = {"PreconditionFailed", "ConditionalRequestConflict"}
 
 
 class PromotionError(StorageError):
@@ -83,12 +78,6 @@ class Promotion:
     manifest_uri: str
     object_count: int
     total_bytes: int
-
-
-def version_uri(destination: str, version: str) -> str:
-    if is_s3(destination):
-        return f"{destination.rstrip('/')}/{version}/"
-    return str(local_path(destination) / version)
 
 
 def publish(
@@ -129,7 +118,7 @@ def publish(
     if clashes:
         raise PromotionError(f"cannot publish {source}: {', '.join(clashes)} would be written twice")
 
-    written = [target.copy_in(store, key, uri) for key, uri in files]
+    written = [target.copy_in(key, uri) for key, uri in files]
     written += [target.write(name, [documents[name]]) for name in sorted(documents)]
     for stray in sorted(set(target.keys()) - {o.key for o in written} - {MANIFEST}):
         target.delete(stray)
@@ -169,7 +158,7 @@ def verify(store: Store, version_uri: str) -> Promotion:
 # --- the steps ------------------------------------------------------------------------------------
 
 
-def _read_manifest(target: _S3Version | _LocalVersion) -> tuple[Manifest, bytes]:
+def _read_manifest(target: _Version) -> tuple[Manifest, bytes]:
     uri = target.uri(MANIFEST)
     data = target.read(MANIFEST)
     if data is None:
@@ -180,7 +169,7 @@ def _read_manifest(target: _S3Version | _LocalVersion) -> tuple[Manifest, bytes]
         raise PromotionError(f"{uri} is not a valid manifest: {err}") from err
 
 
-def _check(target: _S3Version | _LocalVersion, expected: ManifestObject) -> None:
+def _check(target: _Version, expected: ManifestObject) -> None:
     found = target.sha256(expected.key)
     if found is None:
         raise VerificationError(f"{target.uri(expected.key)} is missing")
@@ -192,7 +181,7 @@ def _check(target: _S3Version | _LocalVersion, expected: ManifestObject) -> None
         )
 
 
-def _result(target: _S3Version | _LocalVersion, manifest: Manifest, data: bytes) -> Promotion:
+def _result(target: _Version, manifest: Manifest, data: bytes) -> Promotion:
     return Promotion(
         uri=target.uri(""),
         digest=digest_of(data),
@@ -225,110 +214,86 @@ def _source_files(store: Store, source: str) -> list[tuple[str, str]]:
     return files
 
 
-@contextlib.contextmanager
-def _step(action: str, uri: str) -> Iterator[None]:
+def _step(action: str, uri: str) -> contextlib.AbstractContextManager[None]:
     """Turns whatever boto3 or the OS raises into a PromotionError that says what failed where."""
-    try:
-        yield
-    except PromotionError:
-        raise
-    except ClientError as err:
-        raise PromotionError(f"cannot {action} {uri}: {_code(err)}") from err
-    except (BotoCoreError, StorageError) as err:
-        raise PromotionError(f"cannot {action} {uri}: {err}") from err
-    except OSError as err:
-        raise PromotionError(f"cannot {action} {uri}: {err.strerror or err}") from err
+    return reraise(PromotionError, action, uri)
 
 
-def _code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", "error"))
+def _read_source(store: Store, uri: str) -> Stream:
+    found = store.stream(uri)
+    if found is None:
+        raise PromotionError(f"cannot read {uri}: it is gone since it was listed")
+    return found
 
 
-def _hash(chunks: Iterable[bytes]) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    for chunk in chunks:
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
+# --- the version being written: one folder, on S3 or a local disk ----------------------------------
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        yield from iter(lambda: f.read(CHUNK), b"")
+def _open_version(store: Store, uri: str) -> _Version:
+    return _S3Version(store, uri) if is_s3(uri) else _LocalVersion(store, uri)
 
 
-def _get(client: Any, bucket: str, key: str) -> tuple[Iterator[bytes], str]:
-    response = client.get_object(Bucket=bucket, Key=key)
-    return response["Body"].iter_chunks(CHUNK), response["ETag"]
-
-
-def _b64(sha256_hex: str) -> str:
-    return base64.b64encode(bytes.fromhex(sha256_hex)).decode()
-
-
-def _open_version(store: Store, uri: str) -> _S3Version | _LocalVersion:
-    return _S3Version(store, uri) if is_s3(uri) else _LocalVersion(local_path(uri))
-
-
-class _S3Version:
-    """One version's folder in a bucket; keys are relative to it."""
+class _Version(abc.ABC):
+    """One version's folder; keys are relative to it. S3 and local disks differ in how a source file gets
+    in, how the folder is listed and what a taken manifest means."""
 
     def __init__(self, store: Store, uri: str) -> None:
         self.store = store
-        self.client = store._s3()  # the Store's cached client: one connection pool, one retry policy
-        self.bucket, self.prefix = split(uri.rstrip("/") + "/")
+        self.base = uri.rstrip("/") + "/"
 
     def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self.prefix}{key}"
+        return self.base + key
 
     def exists(self, key: str) -> bool:
         with _step("check", self.uri(key)):
-            try:
-                self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
-            except ClientError as err:
-                if _code(err) in _MISSING:
-                    return False
-                raise
-        return True
+            return self.store.exists(self.uri(key), strict=True)
 
-    def copy_in(self, store: Store, key: str, source: str) -> ManifestObject:
-        target = self.prefix + key
-        if is_s3(source):
-            bucket, source_key = split(source)
-            with _step("read", source):
-                chunks, etag = _get(self.client, bucket, source_key)
-                sha256, size = _hash(chunks)
-            copy_source = {"Bucket": bucket, "Key": source_key}
-            with _step("copy", f"{source} to {self.uri(key)}"):
-                if size <= SINGLE_REQUEST_LIMIT:
-                    self.client.copy_object(
-                        Bucket=self.bucket, Key=target, CopySource=copy_source, CopySourceIfMatch=etag
-                    )
-                else:
-                    extra = {"CopySourceIfMatch": etag}
-                    self.client.copy(copy_source, self.bucket, target, ExtraArgs=extra, Config=_MULTIPART)
-            return ManifestObject(key=key, size=size, sha256=sha256)
-        path = Path(source)
-        with _step("read", source):
-            sha256, size = _hash(_file_chunks(path))
-        with _step("upload", f"{source} to {self.uri(key)}"):
-            if size <= SINGLE_REQUEST_LIMIT:
-                with path.open("rb") as body:
-                    self.client.put_object(
-                        Bucket=self.bucket, Key=target, Body=body, ChecksumSHA256=_b64(sha256)
-                    )
-            else:
-                extra = {"ChecksumAlgorithm": "SHA256"}
-                self.client.upload_file(source, self.bucket, target, ExtraArgs=extra, Config=_MULTIPART)
-        return ManifestObject(key=key, size=size, sha256=sha256)
+    @abc.abstractmethod
+    def copy_in(self, key: str, source: str) -> ManifestObject: ...
 
     def write(self, key: str, chunks: Iterable[bytes]) -> ManifestObject:
-        data = b"".join(chunks)
-        sha256, size = _hash([data])
         with _step("write", self.uri(key)):
-            self.client.put_object(
-                Bucket=self.bucket, Key=self.prefix + key, Body=data, ChecksumSHA256=_b64(sha256)
-            )
+            sha256, size = self.store.write_chunks(self.uri(key), chunks)
+        return ManifestObject(key=key, size=size, sha256=sha256)
+
+    @abc.abstractmethod
+    def keys(self) -> list[str]: ...
+
+    def delete(self, key: str) -> None:
+        with _step("delete", self.uri(key)):
+            self.store.delete(self.uri(key))
+
+    def read(self, key: str) -> bytes | None:
+        with _step("read", self.uri(key)):
+            found = self.store.stream(self.uri(key))
+            return None if found is None else b"".join(found.chunks)
+
+    def sha256(self, key: str) -> tuple[str, int] | None:
+        with _step("verify", self.uri(key)):
+            found = self.store.stream(self.uri(key))
+            return None if found is None else sha256_of(found.chunks)
+
+    @abc.abstractmethod
+    def create(self, key: str, data: bytes) -> None:
+        """Write `key` only if it does not exist; PromotionConflict if another promotion wrote it."""
+
+
+class _S3Version(_Version):
+    """A version's folder in a bucket: an object of the same store is copied by the server, a local file
+    is uploaded with its SHA-256 for the server to check."""
+
+    def copy_in(self, key: str, source: str) -> ManifestObject:
+        target = self.uri(key)
+        with _step("read", source):
+            found = _read_source(self.store, source)
+            sha256, size = sha256_of(found.chunks)
+        multipart = size > SINGLE_REQUEST_LIMIT
+        if found.etag is not None:  # an S3 object: copied only while it still holds the bytes hashed
+            with _step("copy", f"{source} to {target}"):
+                self.store.copy_object(source, target, if_match=found.etag, multipart=multipart)
+        else:
+            with _step("upload", f"{source} to {target}"):
+                self.store.upload_file(Path(source), target, sha256=sha256, multipart=multipart)
         return ManifestObject(key=key, size=size, sha256=sha256)
 
     def keys(self) -> list[str]:
@@ -336,123 +301,33 @@ class _S3Version:
         with _step("list", prefix):
             return [uri[len(prefix) :] for uri in self.store.list(prefix)]
 
-    def delete(self, key: str) -> None:
-        with _step("delete", self.uri(key)):
-            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
-
-    def read(self, key: str) -> bytes | None:
-        with _step("read", self.uri(key)):
-            chunks = self._chunks(key)
-            return None if chunks is None else b"".join(chunks)
-
-    def sha256(self, key: str) -> tuple[str, int] | None:
-        with _step("verify", self.uri(key)):
-            chunks = self._chunks(key)
-            return None if chunks is None else _hash(chunks)
-
-    def _chunks(self, key: str) -> Iterator[bytes] | None:
-        try:
-            return _get(self.client, self.bucket, self.prefix + key)[0]
-        except ClientError as err:
-            if _code(err) in _MISSING:
-                return None
-            raise
-
     def create(self, key: str, data: bytes) -> None:
-        """Write `key` only if it does not exist. A 412 whose object holds our bytes is our own write whose
-        response was lost and retried, not a conflict."""
+        """A 412 whose object holds our bytes is our own write whose response was lost and retried, not a
+        conflict."""
         uri = self.uri(key)
         with _step("write", uri):
-            try:
-                self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=self.prefix + key,
-                    Body=data,
-                    IfNoneMatch="*",
-                    ChecksumSHA256=_b64(hashlib.sha256(data).hexdigest()),
-                )
-            except ClientError as err:
-                if _code(err) not in _TAKEN:
-                    raise
-                if self.read(key) != data:
-                    raise PromotionConflict(f"{uri} was created meanwhile by another promotion") from err
+            if not self.store.create(uri, data) and self.read(key) != data:
+                raise PromotionConflict(f"{uri} was created meanwhile by another promotion")
 
 
-class _LocalVersion:
-    """One version's folder on a local or mounted file system; every write goes through a temporary file."""
+class _LocalVersion(_Version):
+    """A version's folder on a local or mounted file system; every file goes in through a synced
+    temporary file, the manifest through link(2)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def uri(self, key: str) -> str:
-        return str(self.root / key) if key else str(self.root)
-
-    def exists(self, key: str) -> bool:
-        return (self.root / key).exists()
-
-    def copy_in(self, store: Store, key: str, source: str) -> ManifestObject:
-        with _step("copy", f"{source} to {self.uri(key)}"):
-            chunks = _get(store._s3(), *split(source))[0] if is_s3(source) else _file_chunks(Path(source))
-            return self._replace(key, chunks)
-
-    def write(self, key: str, chunks: Iterable[bytes]) -> ManifestObject:
-        with _step("write", self.uri(key)):
-            return self._replace(key, chunks)
-
-    def _replace(self, key: str, chunks: Iterable[bytes]) -> ManifestObject:
-        tmp, sha256, size = self._temporary(key, chunks)
-        os.replace(tmp, self.root / key)
+    def copy_in(self, key: str, source: str) -> ManifestObject:
+        target = self.uri(key)
+        with _step("copy", f"{source} to {target}"):
+            sha256, size = self.store.write_chunks(target, _read_source(self.store, source).chunks)
         return ManifestObject(key=key, size=size, sha256=sha256)
 
     def keys(self) -> list[str]:
-        if not self.root.is_dir():
+        """Every file, hidden ones included: an earlier attempt's temporaries are strays to delete."""
+        root = local_path(self.base)
+        if not root.is_dir():
             return []
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-
-    def delete(self, key: str) -> None:
-        with _step("delete", self.uri(key)):
-            (self.root / key).unlink(missing_ok=True)
-
-    def read(self, key: str) -> bytes | None:
-        with _step("read", self.uri(key)):
-            try:
-                return (self.root / key).read_bytes()
-            except FileNotFoundError:
-                return None
-
-    def sha256(self, key: str) -> tuple[str, int] | None:
-        path = self.root / key
-        with _step("verify", self.uri(key)):
-            return _hash(_file_chunks(path)) if path.is_file() else None
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
     def create(self, key: str, data: bytes) -> None:
-        """link(2) fails when the name exists, like O_CREAT|O_EXCL, and the file it links is complete."""
         with _step("write", self.uri(key)):
-            tmp = self._temporary(key, [data])[0]
-            try:
-                os.link(tmp, self.root / key)
-            except FileExistsError as err:
-                raise PromotionConflict(
-                    f"{self.uri(key)} was created meanwhile by another promotion"
-                ) from err
-            finally:
-                tmp.unlink()
-
-    def _temporary(self, key: str, chunks: Iterable[bytes]) -> tuple[Path, str, int]:
-        """A synced temporary file beside `key` holding `chunks`, with their sha256 and size."""
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        digest, size = hashlib.sha256(), 0
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            os.unlink(name)
-            raise
-        return Path(name), digest.hexdigest(), size
+            if not self.store.create(self.uri(key), data):
+                raise PromotionConflict(f"{self.uri(key)} was created meanwhile by another promotion")

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from finetune_api.trainer_config import TrainerConfig
+from finetune_api.trainer_config import TrainContract
 from finetune_trainer import validate
 from finetune_trainer.checkpoints import SaveAtEnd, StagingCheckpoints, latest_complete, restore
 from finetune_trainer.data import gates
@@ -53,11 +53,7 @@ def workdir(given: Path | None) -> Path:
     return chosen
 
 
-def prepare(config: TrainerConfig, store: Store, scratch: Path) -> tuple[Run, dict[str, Any]]:
-    if config.hyperparameters is None:
-        raise TrainError(
-            "the contract has no hyperparameters: train needs them resolved (validate-data does not)"
-        )
+def prepare(config: TrainContract, store: Store, scratch: Path) -> tuple[Run, dict[str, Any]]:
     module_name = METHODS.get(str(config.method))
     if module_name is None:
         raise TrainError(f"method {config.method} is not available in this trainer image")
@@ -89,9 +85,9 @@ def prepare(config: TrainerConfig, store: Store, scratch: Path) -> tuple[Run, di
     return run, provenance
 
 
-def main(config: TrainerConfig, workdir_path: Path | None = None) -> int:
+def main(config: TrainContract, workdir_path: Path | None = None) -> int:
     store = Store.for_target(config.storage)
-    staging = config.storage.staging_uri
+    staging = config.layout
     scratch = workdir(workdir_path)
     try:
         run, provenance = prepare(config, store, scratch)
@@ -102,7 +98,7 @@ def main(config: TrainerConfig, workdir_path: Path | None = None) -> int:
             metrics.serve()
         keep = config.checkpointing.keep_last
         run.callbacks += [
-            ProgressReporter(store, staging, metrics),
+            ProgressReporter(store, staging.progress, metrics),
             StagingCheckpoints(store, staging, keep_last=keep, provenance=provenance),
             SaveAtEnd(),
         ]

@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from finetune_api.run_layout import DATA_REPORT, DataValidationReport
-from finetune_api.trainer_config import TrainerConfig
+from finetune_api.run_layout import DataValidationReport
+from finetune_api.trainer_config import RunContract
 from finetune_api.v1alpha1.common import DatasetSource
 from finetune_trainer.data import gates
 from finetune_trainer.data.rows import Dataset, read_jsonl
-from finetune_trainer.storage import StorageError, Store, join
+from finetune_trainer.storage import StorageError, Store
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,12 @@ class Loaded:
     failures: list[str]
 
 
-def sources(config: TrainerConfig) -> dict[str, DatasetSource]:
+def sources(config: RunContract) -> dict[str, DatasetSource]:
     found = {"training": config.training, "validation": config.validation, "holdout": config.holdout}
     return {name: source for name, source in found.items() if source is not None}
 
 
-def load(config: TrainerConfig, store: Store) -> Loaded:
+def load(config: RunContract, store: Store) -> Loaded:
     splits: dict[str, Dataset] = {}
     digests: dict[str, str] = {}
     failures: list[str] = []
@@ -47,7 +47,7 @@ def load(config: TrainerConfig, store: Store) -> Loaded:
     return Loaded(splits, digests, failures)
 
 
-def check(config: TrainerConfig, store: Store) -> gates.Outcome:
+def check(config: RunContract, store: Store) -> gates.Outcome:
     loaded = load(config, store)
     if "training" not in loaded.splits:
         report = DataValidationReport(passed=False, failed_rules=loaded.failures)
@@ -59,13 +59,11 @@ def check(config: TrainerConfig, store: Store) -> gates.Outcome:
     return outcome
 
 
-def main(config: TrainerConfig) -> int:
+def main(config: RunContract) -> int:
     store = Store.for_target(config.storage)
     outcome = check(config, store)
     report = outcome.report
-    store.write_bytes(
-        join(config.storage.staging_uri, DATA_REPORT), report.model_dump_json(indent=2).encode()
-    )
+    store.write_bytes(config.layout.data_report, report.model_dump_json(indent=2).encode())
     verdict = "passed" if report.passed else "FAILED"
     print(
         f"data gates {verdict}: rows {report.rows}, duplicate rate {report.duplicate_rate:.2%}, "

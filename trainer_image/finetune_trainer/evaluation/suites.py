@@ -37,8 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from finetune_api.gate import EVAL_EXAMPLES, EVAL_REPORT, EvalReport, SuiteOutcome
-from finetune_api.trainer_config import EvaluationTarget, TrainerConfig
+from finetune_api.gate import EvalReport, SuiteOutcome
+from finetune_api.trainer_config import EvaluateContract
 from finetune_api.v1alpha1.evalgate import EvalGateSpec, Metric, Suite
 from finetune_trainer.checkpoints import restore
 from finetune_trainer.data.rows import read_jsonl
@@ -47,7 +47,7 @@ from finetune_trainer.evaluation.task import answer_log_prob, load, matches
 from finetune_trainer.graders import compile_grader, sample_from_text
 from finetune_trainer.methods import plain_messages
 from finetune_trainer.models import materialize
-from finetune_trainer.storage import Store, join
+from finetune_trainer.storage import Store
 
 SAMPLE_SEED = 0
 
@@ -310,10 +310,10 @@ def _release() -> None:
         pass
 
 
-def evaluate(config: TrainerConfig, store: Store, scratch: Path) -> tuple[EvalReport, list[dict[str, Any]]]:
-    target: EvaluationTarget | None = config.evaluation
-    if target is None:
-        raise ValueError("evaluate needs a contract with its evaluation target")
+def evaluate(
+    config: EvaluateContract, store: Store, scratch: Path
+) -> tuple[EvalReport, list[dict[str, Any]]]:
+    target = config.evaluation
     spec = target.gate
     seeds: list[int | None] = list(spec.seeds) or [None]
     prepared: dict[str, Prepared] = {}
@@ -334,7 +334,7 @@ def evaluate(config: TrainerConfig, store: Store, scratch: Path) -> tuple[EvalRe
                 errors[p.suite.name] = f"baseline: {type(err).__name__}: {err}"
         del model, tokenizer
         _release()
-    adapter = restore(store, config.storage.staging_uri, target.checkpoint_step, scratch / "candidate")
+    adapter = restore(store, config.layout, target.checkpoint_step, scratch / "candidate")
     model, tokenizer = load(materialize(config.base_model, store, scratch), adapter)
     said = {}
     for p in prepared.values():
@@ -363,11 +363,10 @@ def evaluate(config: TrainerConfig, store: Store, scratch: Path) -> tuple[EvalRe
     return report, records
 
 
-def main(config: TrainerConfig, scratch: Path) -> int:
+def main(config: EvaluateContract, scratch: Path) -> int:
     """Writes the records, then the report (last: its presence means the evaluation finished). A failure
     before any suite could run is written as the report's `error`, so the gate fails closed with a reason."""
     store = Store.for_target(config.storage)
-    staging = config.storage.staging_uri
     started = time.monotonic()
     records: list[dict[str, Any]] = []
     try:
@@ -377,8 +376,8 @@ def main(config: TrainerConfig, scratch: Path) -> int:
     report.seconds = round(time.monotonic() - started, 1)
     report.finished_at = datetime.now(UTC)
     lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
-    store.write_bytes(join(staging, EVAL_EXAMPLES), lines.encode())
-    store.write_bytes(join(staging, EVAL_REPORT), report.model_dump_json(by_alias=True, indent=2).encode())
+    store.write_bytes(config.layout.eval_examples, lines.encode())
+    store.write_bytes(config.layout.eval_report, report.model_dump_json(by_alias=True, indent=2).encode())
     for o in report.suites:
         shown = (
             "error: " + (o.error or "")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_api.trainer_config import TrainerConfig
+from finetune_api.run_layout import HoldoutModel
+from finetune_api.trainer_config import TrainContract
 from finetune_api.v1alpha1.common import DatasetFormat
 from finetune_api.v1alpha1.evalgate import Generation
 from finetune_api.v1alpha1.finetunejob import Method
@@ -29,7 +30,7 @@ from finetune_trainer.data.rows import Row, read_jsonl
 from finetune_trainer.evaluation.generation import generate
 from finetune_trainer.methods import plain_messages
 from finetune_trainer.models import ModelError, materialize
-from finetune_trainer.storage import StorageError, Store, join
+from finetune_trainer.storage import StorageError, Store
 
 BATCH = 16  # prompts per generation batch
 
@@ -121,7 +122,7 @@ def preference_accuracy(model: Any, tokenizer: Any, rows: list[Row]) -> dict[str
     } | {"records": records}
 
 
-def reward(model: Any, tokenizer: Any, rows: list[Row], config: TrainerConfig) -> dict[str, Any]:
+def reward(model: Any, tokenizer: Any, rows: list[Row], config: TrainContract) -> dict[str, Any]:
     from finetune_trainer.graders import compile_grader, sample_from_text  # noqa: PLC0415
     from finetune_trainer.methods.rft import prompt_and_item  # noqa: PLC0415
 
@@ -142,7 +143,7 @@ def reward(model: Any, tokenizer: Any, rows: list[Row], config: TrainerConfig) -
 
 
 def evaluate(
-    model: Any, tokenizer: Any, rows: list[Row], fmt: DatasetFormat, config: TrainerConfig
+    model: Any, tokenizer: Any, rows: list[Row], fmt: DatasetFormat, config: TrainContract
 ) -> dict[str, Any]:
     """The holdout metric for the job's method and rows of format `fmt` (see the module docstring)."""
     started = time.monotonic()
@@ -157,7 +158,7 @@ def evaluate(
     return result | {"rows": len(rows), "seconds": round(time.monotonic() - started, 1)}
 
 
-def main(config: TrainerConfig, which: str, scratch: Path) -> int:
+def main(config: TrainContract, which: HoldoutModel, scratch: Path) -> int:
     """`score-holdout`: the holdout metric of the base model (`which="base"`) or of the newest complete
     checkpoint (`"latest"`); writes `holdout-<which>.json` beside the checkpoints."""
     store = Store.for_target(config.storage)
@@ -171,15 +172,15 @@ def main(config: TrainerConfig, which: str, scratch: Path) -> int:
         model_dir = materialize(config.base_model, store, scratch)
         adapter = None
         if which == "latest":
-            step = latest_complete(store, config.storage.staging_uri)
+            step = latest_complete(store, config.layout)
             if step is None:
                 raise ValueError("no complete checkpoint to score")
-            adapter = restore(store, config.storage.staging_uri, step, scratch / "scored")
+            adapter = restore(store, config.layout, step, scratch / "scored")
         model, tokenizer = load(model_dir, adapter)
         result = evaluate(model, tokenizer, dataset.rows, dataset.format, config)
     except (StorageError, ModelError, ValueError) as err:
         print(f"score-holdout failed: {err}", file=sys.stderr)
         return 1
-    store.write_json(join(config.storage.staging_uri, f"holdout-{which}.json"), result)
+    store.write_json(config.layout.holdout_score(which), result)
     print(f"holdout {result['metric']} ({which}): {result['score']:.3g} over {result['rows']} rows")
     return 0

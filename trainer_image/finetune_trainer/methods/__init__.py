@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_api.trainer_config import ResolvedHyperparameters, TrainerConfig
+from finetune_api.trainer_config import ResolvedHyperparameters, TrainContract
 from finetune_trainer.data.rows import Row
 
 
 @dataclass
 class Run:
-    config: TrainerConfig
+    config: TrainContract
     model_dir: Path
     output_dir: Path
     train_rows: list[Row]
@@ -29,7 +29,6 @@ class Run:
 
     @property
     def hp(self) -> ResolvedHyperparameters:
-        assert self.config.hyperparameters is not None
         return self.config.hyperparameters
 
     def per_device_batch(self) -> int:
