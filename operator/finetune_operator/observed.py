@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from finetune_api.gate import EvalReport
@@ -15,6 +16,13 @@ from finetune_api.v1alpha1.evalgate import EvalGate, EvalGateStatus
 Manifest = dict[str, Any]
 
 
+class JobOutcome(StrEnum):
+    """How a batch/v1 Job finished: its Complete or Failed condition."""
+
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+
+
 @dataclass(frozen=True)
 class JobObservation:
     """A batch/v1 Job the operator created, reduced to what decisions need."""
@@ -23,7 +31,7 @@ class JobObservation:
     attempt: int | None = None
     active: int = 0
     suspended: bool = False
-    outcome: Literal["Complete", "Failed"] | None = None
+    outcome: JobOutcome | None = None
     reason: str = ""  # the finishing condition's reason: DeadlineExceeded, BackoffLimitExceeded...
     message: str = ""
     start_time: datetime | None = None
@@ -77,12 +85,29 @@ class Event:
 @dataclass
 class Decision:
     """Children to create (if absent), partial manifests to apply (server-side apply), the new status,
-    the events to record, and when to look again."""
+    the events to record, and when to look again.
+
+    `notes` are what a transition had to say that is told with the next event of the same step (one
+    event per transition: "data gates passed (...); attempt 1 started: ..."); `event` prefixes them."""
 
     status: FineTuneJobStatus
     create: list[Manifest] = field(default_factory=list)
     apply: list[Manifest] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     requeue_after: float | None = None
     gate_status: EvalGateStatus | None = None  # the EvalGate's new status (its history), to write first
     gate_resource_version: str | None = None  # ...only over the version it was computed from
+
+    def note(self, message: str, *, keep: bool = False) -> None:
+        """What a transition has to say, told with the next event. It replaces what an earlier transition
+        of the same step noted (the newer state says more), unless `keep`: then both are told."""
+        if not keep:
+            self.notes.clear()
+        self.notes.append(message)
+
+    def event(self, reason: str, message: str, *, warning: bool = False) -> None:
+        """Record an event; the notes pending from earlier transitions of this step come first."""
+        told = "; ".join([*self.notes, message])
+        self.notes.clear()
+        self.events.append(Event("Warning" if warning else "Normal", reason, told))

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_api.base import API_VERSION
+from finetune_api.base import API_VERSION, GROUP
 from finetune_api.v1alpha1 import FineTuneJob
 
 MANAGER = "finetune-operator"
-JOB_LABEL = "finetune.dev/job"
+JOB_LABEL = f"{GROUP}/job"
 COMPONENT_LABEL = "app.kubernetes.io/component"
-ATTEMPT_LABEL = "finetune.dev/attempt"
+ATTEMPT_LABEL = f"{GROUP}/attempt"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-FINALIZER = "finetune.dev/cleanup"
+FINALIZER = f"{GROUP}/cleanup"
 
 VALIDATE = "validate"
 TRAIN = "train"
@@ -43,12 +43,6 @@ def promotion_job_name(name: str) -> str:
 
 def service_name(name: str) -> str:
     return f"{name}-train"
-
-
-def run_id(job: FineTuneJob) -> str:
-    """Stable for the life of the object: retries and resumes share it, so they share checkpoints."""
-    uid = (job.metadata.uid or "local").split("-")[0]
-    return f"{job.metadata.name}-{uid}"
 
 
 def labels(job: FineTuneJob, component: str) -> dict[str, str]:

@@ -17,8 +17,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from finetune_api.base import parse_duration
-from finetune_api.trainer_config import CONFIG_PATH, ENV_ACCESS_KEY_ID, ENV_SECRET_ACCESS_KEY, TrainerConfig
+from finetune_api.base import GROUP, parse_duration
+from finetune_api.trainer_config import (
+    CONFIG_PATH,
+    ENV_ACCESS_KEY_ID,
+    ENV_SECRET_ACCESS_KEY,
+    EvaluateContract,
+    PromoteContract,
+    RunContract,
+    TrainContract,
+    ValidateContract,
+)
 from finetune_api.v1alpha1 import FineTuneJob
 from finetune_api.v1alpha1.common import Resources
 from finetune_operator.builders.names import (
@@ -48,7 +57,7 @@ RENDEZVOUS_PORT = 29500
 UID = 1000
 
 
-def config_map(job: FineTuneJob, contract: TrainerConfig) -> Manifest:
+def config_map(job: FineTuneJob, contract: TrainContract) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -81,7 +90,7 @@ def _env(job: FineTuneJob) -> list[dict[str, Any]]:
     return env
 
 
-CONTRACT_ANNOTATION = "finetune.dev/trainer-config"
+CONTRACT_ANNOTATION = f"{GROUP}/trainer-config"
 
 
 def _pod_spec(
@@ -180,7 +189,7 @@ def _job(
     }
 
 
-def validation_job(job: FineTuneJob, settings: Settings, contract: TrainerConfig) -> Manifest:
+def validation_job(job: FineTuneJob, settings: Settings, contract: ValidateContract) -> Manifest:
     """CPU only: the data gates run before any GPU is requested. The contract (without hyperparameters,
     which need the row count this Job finds) travels in the pod's annotation."""
     pod = _cpu_pod(job, settings, "validate-data")
@@ -213,17 +222,15 @@ def _resources(res: Resources) -> dict[str, Any]:
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
-def _annotated(contract: TrainerConfig) -> dict[str, str]:
+def _annotated(contract: RunContract) -> dict[str, str]:
     return {CONTRACT_ANNOTATION: json.dumps(contract.dump(), sort_keys=True)}
 
 
 def evaluation_job(
-    job: FineTuneJob, settings: Settings, contract: TrainerConfig, *, image: str | None = None
+    job: FineTuneJob, settings: Settings, contract: EvaluateContract, *, image: str | None = None
 ) -> Manifest:
     """Scores the candidate (and the baseline) on every suite of the gate, with the gate's resources and
     its `evaluation.timeout` as the Job's deadline. No retries: a crashed evaluation fails the gate."""
-    if contract.evaluation is None:
-        raise ValueError("an evaluation Job needs a contract with its evaluation target")
     runtime = contract.evaluation.gate.evaluation
     pod = _pod_spec(
         job,
@@ -243,7 +250,7 @@ def evaluation_job(
 PROMOTION_RETRIES = 3
 
 
-def promotion_job(job: FineTuneJob, settings: Settings, contract: TrainerConfig) -> Manifest:
+def promotion_job(job: FineTuneJob, settings: Settings, contract: PromoteContract) -> Manifest:
     """CPU only: copies the checkpoint (server-side where it can) and writes the manifest last. Publishing
     is idempotent until the manifest exists, so a pod that fails (S3 unreachable mid-copy) is retried."""
     pod = _cpu_pod(job, settings, "promote")

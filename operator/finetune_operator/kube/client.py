@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from finetune_api.base import API_VERSION
+from finetune_api.v1alpha1 import RESOURCES as API_RESOURCES
 from finetune_operator.kube import credentials
 
 FIELD_MANAGER = "finetune-operator"
@@ -26,8 +28,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Secret": ("/api/v1", "secrets"),
     "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
-    "FineTuneJob": ("/apis/finetune.dev/v1alpha1", "finetunejobs"),
-    "EvalGate": ("/apis/finetune.dev/v1alpha1", "evalgates"),
+    **{names.kind: (f"/apis/{API_VERSION}", names.plural) for _, names in API_RESOURCES},
 }
 
 

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from finetune_api.run_layout import (
-    CheckpointMarker,
-    DataValidationReport,
-    ProgressReport,
-    checkpoint_prefix,
-    promotable_step,
-)
+from finetune_api.plan import candidate
+from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport, StagingLayout
 from finetune_api.v1alpha1 import Condition, ConditionType, Reason
 from finetune_api.v1alpha1.conditions import ConditionStatus
 from finetune_api.v1alpha1.finetunejob import MAX_CHECKPOINTS, CheckpointRecord, DataReport, Progress
@@ -79,13 +74,15 @@ def progress(report: ProgressReport, started: datetime | None) -> Progress:
     )
 
 
-def checkpoint_records(markers: tuple[CheckpointMarker, ...], staging_uri: str) -> list[CheckpointRecord]:
+def checkpoint_records(
+    markers: tuple[CheckpointMarker, ...], layout: StagingLayout
+) -> list[CheckpointRecord]:
     """The newest MAX_CHECKPOINTS complete checkpoints, oldest first."""
     ordered = sorted(markers, key=lambda m: m.step)[-MAX_CHECKPOINTS:]
     return [
         CheckpointRecord(
             step=m.step,
-            uri=staging_uri + checkpoint_prefix(m.step),
+            uri=layout.checkpoint(m.step),
             metrics=m.metrics,
             created_at=m.created_at,
         )
@@ -94,6 +91,6 @@ def checkpoint_records(markers: tuple[CheckpointMarker, ...], staging_uri: str) 
 
 
 def best_checkpoint(records: list[CheckpointRecord]) -> CheckpointRecord | None:
-    """The best by `run_layout.best_step` (grader reward, else eval loss), otherwise the latest."""
-    step = promotable_step((r.step, r.metrics) for r in records)
+    """The checkpoint a gate judges (`finetune_api.plan.candidate`): the best, otherwise the latest."""
+    step = candidate((r.step, r.metrics) for r in records)
     return next((r for r in records if r.step == step), None)

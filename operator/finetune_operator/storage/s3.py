@@ -18,15 +18,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from finetune_api.gate import EVAL_REPORT, EvalReport
-from finetune_api.promotion import MANIFEST, digest_of
+from finetune_api.gate import EvalReport
+from finetune_api.promotion import digest_of
 from finetune_api.run_layout import (
-    CHECKPOINTS,
-    DATA_REPORT,
-    PROGRESS,
     CheckpointMarker,
     DataValidationReport,
     ProgressReport,
+    StagingLayout,
     step_of,
 )
 from finetune_operator.observed import StorageObservation
@@ -105,46 +103,45 @@ def _eval_report(client: Any, bucket: str, key: str) -> dict[str, Any]:
 
 def observe_run(
     target: S3Target,
-    staging_uri: str,
+    layout: StagingLayout,
     *,
     report: bool,
     progress: bool,
     checkpoints: bool,
     eval_report: bool = False,
-    version_uri: str | None = None,
+    manifest_uri: str | None = None,
 ) -> StorageObservation:
     """Read the objects reconcile needs now. Unreadable content counts as absent, except the evaluation
     report, whose corruption fails the gate; unreachable S3 is an error in the observation."""
-    bucket, prefix = split_uri(staging_uri)
     client = _client(target)
     found: dict[str, Any] = {}
     try:
         if eval_report:
-            found |= _eval_report(client, bucket, prefix + EVAL_REPORT)
-        if version_uri is not None:
-            version_bucket, version_prefix = split_uri(version_uri)
-            manifest = _get_bytes(client, version_bucket, version_prefix + MANIFEST)
+            found |= _eval_report(client, *split_uri(layout.eval_report))
+        if manifest_uri is not None:
+            manifest = _get_bytes(client, *split_uri(manifest_uri))
             if manifest is not None:
                 found["promoted_digest"] = digest_of(manifest)
         if report:
-            raw = _get_json(client, bucket, prefix + DATA_REPORT)
+            raw = _get_json(client, *split_uri(layout.data_report))
             found["data_report"] = None if raw is None else DataValidationReport.model_validate(raw)
         if progress:
-            raw = _get_json(client, bucket, prefix + PROGRESS)
+            raw = _get_json(client, *split_uri(layout.progress))
             found["progress"] = None if raw is None else ProgressReport.model_validate(raw)
         if checkpoints:
-            found["checkpoints"] = tuple(_checkpoints(client, bucket, prefix))
+            found["checkpoints"] = tuple(_checkpoints(client, *split_uri(layout.checkpoints)))
     except (BotoCoreError, ClientError) as err:
         return StorageObservation(error=f"{type(err).__name__}: {err}")
     except (ValidationError, ValueError) as err:
-        return StorageObservation(error=f"unreadable object under {staging_uri}: {err}")
+        return StorageObservation(error=f"unreadable object under {layout.root}: {err}")
     return StorageObservation(**found)
 
 
 def _checkpoints(client: Any, bucket: str, prefix: str) -> list[CheckpointMarker]:
+    """The COMPLETE markers under the `checkpoints/` prefix."""
     markers = []
     paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix + CHECKPOINTS):
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             key = item["Key"]
             if step_of(key) is None:

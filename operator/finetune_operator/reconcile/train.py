@@ -1,0 +1,192 @@
+"""Training: the trainer ConfigMap, then one Job per attempt, until a complete checkpoint is recorded.
+
+"auto" hyperparameters resolved by the run plan from the validated row count -> the ConfigMap
+attempt N Job (+ headless Service for multi-node)
+    failed -> attempt N+1 resumes from the newest complete checkpoint, up to runPolicy.retryLimit
+    suspend -> Job suspended (pods stop, checkpoints stay); unsuspend resumes
+    runPolicy.maxRuntime since the first attempt started -> Failed
+Complete -> checkpoints and the best one recorded -> `Trained`, for the gate or for Succeeded
+"""
+
+from __future__ import annotations
+
+from finetune_api.v1alpha1 import ConditionType, Phase, Reason
+from finetune_api.v1alpha1.finetunejob import CheckpointRecord
+from finetune_operator.builders.names import training_job_name
+from finetune_operator.builders.workloads import CONFIG_KEY, config_map, headless_service, training_job
+from finetune_operator.observed import JobObservation, JobOutcome, Manifest
+from finetune_operator.reconcile import status as st
+from finetune_operator.reconcile.core import Step, Trained
+
+DEADLINE_EXCEEDED = "DeadlineExceeded"  # the reason of a Job stopped by its activeDeadlineSeconds
+
+
+def phase(step: Step, rows: int) -> Trained | None:
+    """What training produced once it is complete; None while it runs, is suspended, or after it failed."""
+    job, observed, status = step.job, step.observed, step.decision.status
+    contract = step.plan.train_contract(step.plan.resolve(rows))
+    wanted = config_map(job, contract)
+    if observed.config_data is None:
+        step.decision.create.append(wanted)
+    elif observed.config_data != wanted["data"][CONFIG_KEY]:
+        step.decision.apply.append(wanted)  # the spec cannot change, but an edited ConfigMap is put back
+    if job.spec.resources.nodes > 1 and not observed.service:
+        step.decision.create.append(headless_service(job))
+
+    attempts = sorted((j for j in observed.training if j.attempt is not None), key=lambda j: j.attempt or 0)
+    if not attempts:
+        if job.spec.suspend:
+            _suspended(step, at=0)
+            return None
+        status.start_time = status.start_time or step.now
+        _start_attempt(step, 1)
+        return None
+    current = attempts[-1]
+    status.attempts = max(status.attempts, current.attempt or 1)
+    status.start_time = status.start_time or current.start_time or step.now
+    if _over_max_runtime(step, current):
+        return None
+    if current.outcome == JobOutcome.FAILED:
+        _retry_or_fail(step, current)
+    elif current.outcome == JobOutcome.COMPLETE:
+        trained = st.condition(status.conditions, ConditionType.TRAINED)
+        records = _complete(step)
+        if records:
+            best = status.best_checkpoint or records[-1]
+            summary = f"{len(records)} checkpoints; best at step {best.step}"
+            newly = trained is None or trained.status != "True"
+            return Trained(contract, best, summary, newly=newly)
+    else:
+        _running(step, current)
+    return None
+
+
+def _start_attempt(step: Step, attempt: int) -> None:
+    job, status = step.job, step.decision.status
+    deadline = step.deadline
+    remaining = None if deadline is None else int((deadline - step.now).total_seconds())
+    step.decision.create.append(
+        training_job(job, step.settings, attempt=attempt, active_deadline_seconds=remaining)
+    )
+    status.attempts = attempt
+    status.phase = Phase.PENDING if job.spec.resources.queue_name else Phase.TRAINING
+    name = training_job_name(job.metadata.name, attempt)
+    if attempt == 1:
+        message = f"attempt 1 started: job {name}"
+    else:
+        message = f"attempt {attempt} started: job {name} resumes from step {_latest_step(step)}"
+    step.condition(ConditionType.TRAINED, "Unknown", Reason.TRAINING_RUNNING, message)
+    if job.spec.resources.queue_name:
+        step.condition(
+            ConditionType.PODS_SCHEDULED,
+            "False",
+            Reason.QUEUED,
+            f"waiting for Kueue to admit job {name} in queue {job.spec.resources.queue_name}",
+        )
+    step.event(Reason.TRAINING_RUNNING if attempt == 1 else Reason.RETRYING, message)
+    step.poll()
+
+
+def _latest_step(step: Step) -> int:
+    return max((m.step for m in step.observed.storage.checkpoints), default=0)
+
+
+def _over_max_runtime(step: Step, current: JobObservation) -> bool:
+    deadline = step.deadline
+    over = current.outcome == JobOutcome.FAILED and current.reason == DEADLINE_EXCEEDED
+    if deadline is not None and step.now >= deadline and current.outcome is None:
+        over = True
+        step.decision.apply.append(_suspend_patch(current.name, suspend=True))  # stop the pods now
+    if over:
+        limit = step.job.spec.run_policy.max_runtime
+        step.fail(
+            Reason.MAX_RUNTIME_EXCEEDED,
+            f"runPolicy.maxRuntime {limit} reached during attempt {current.attempt}; "
+            f"checkpoints up to step {_latest_step(step)} are kept",
+        )
+    return over
+
+
+def _retry_or_fail(step: Step, current: JobObservation) -> None:
+    attempt = current.attempt or 1
+    limit = step.job.spec.run_policy.retry_limit
+    why = current.message or current.reason or "the pod failed"
+    if attempt <= limit:
+        step.event(Reason.RETRYING, f"attempt {attempt} failed: {why}", warning=True)
+        _start_attempt(step, attempt + 1)
+        return
+    step.decision.status.attempts = attempt
+    step.condition(ConditionType.TRAINED, "False", Reason.RETRY_LIMIT_EXCEEDED, why)
+    step.fail(
+        Reason.RETRY_LIMIT_EXCEEDED,
+        f"attempt {attempt} failed ({why}) and runPolicy.retryLimit {limit} is spent",
+    )
+
+
+def _complete(step: Step) -> list[CheckpointRecord]:
+    """Record the run's checkpoints and the best; empty while they cannot be read or when none exists."""
+    status = step.decision.status
+    records = st.checkpoint_records(step.observed.storage.checkpoints, step.plan.layout)
+    if not records and step.observed.storage.error is not None:
+        step.poll()  # the checkpoints are the result: do not finish without reading them
+        return []
+    status.checkpoints = records
+    status.best_checkpoint = st.best_checkpoint(records)
+    if not records:
+        step.condition(ConditionType.TRAINED, "False", Reason.TRAINING_FAILED, "no complete checkpoint")
+        step.fail(Reason.TRAINING_FAILED, "training exited successfully but left no complete checkpoint")
+        return []
+    best = status.best_checkpoint or records[-1]
+    message = f"{len(records)} checkpoints; best at step {best.step}"
+    step.condition(ConditionType.TRAINED, "True", Reason.TRAINING_COMPLETE, message)
+    if status.progress is not None:
+        status.progress.percent = 100
+    return records
+
+
+def _running(step: Step, current: JobObservation) -> None:
+    job, status = step.job, step.decision.status
+    queued = bool(job.spec.resources.queue_name)
+    if job.spec.suspend:
+        if not current.suspended:
+            step.decision.apply.append(_suspend_patch(current.name, suspend=True))
+        _suspended(step, at=_latest_step(step))
+        return
+    was_suspended = status.phase == Phase.SUSPENDED
+    if current.suspended and not queued:
+        step.decision.apply.append(_suspend_patch(current.name, suspend=False))
+    if was_suspended:
+        message = f"resumed: job {current.name} continues from step {_latest_step(step)}"
+        step.condition(ConditionType.SUSPENDED, "False", Reason.RESUMED, message)
+        step.event(Reason.RESUMED, message)
+    if current.suspended and queued:
+        status.phase = Phase.PENDING
+        step.condition(
+            ConditionType.PODS_SCHEDULED,
+            "False",
+            Reason.QUEUED,
+            f"waiting for Kueue to admit job {current.name} in queue {job.spec.resources.queue_name}",
+        )
+    else:
+        status.phase = Phase.TRAINING
+        step.scheduling(current.name)
+    if step.observed.storage.progress is not None:
+        status.progress = st.progress(step.observed.storage.progress, status.start_time)
+    if status.phase == Phase.TRAINING:
+        step.poll()  # progress lives in S3: no watch event announces it
+    else:
+        step.wait()
+
+
+def _suspended(step: Step, *, at: int) -> None:
+    status = step.decision.status
+    if status.phase != Phase.SUSPENDED:
+        message = f"suspended: pods stopped, checkpoints kept; unsuspend to resume from step {at}"
+        step.condition(ConditionType.SUSPENDED, "True", Reason.SUSPENDED_BY_USER, message)
+        step.event(Reason.SUSPENDED_BY_USER, message)
+    status.phase = Phase.SUSPENDED
+    step.wait()
+
+
+def _suspend_patch(name: str, *, suspend: bool) -> Manifest:
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {"suspend": suspend}}
