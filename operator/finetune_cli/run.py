@@ -1,65 +1,54 @@
 """`finetune run FILE.yaml`: one FineTuneJob manifest, executed on this machine without a cluster.
 
-The same path as in a cluster, in the same order, with the same trainer commands the operator's Jobs run
-(`python -m finetune_trainer validate-data|train`): the manifest is checked as the API server would check
-it, the data gates run, "auto" hyperparameters are resolved from the validated row count by the same rule,
-and training writes progress and checkpoints to a local staging folder laid out as in S3
-(`<workdir>/<namespace>/<name>/<runId>/`). With a holdout split, the base model and the trained one are
-scored on it (`score-holdout`) and both figures are printed.
+This is the second executor of a job's run plan (`finetune_api.plan.RunPlan`), the operator being the
+first: the same phases in the same order, each the same trainer command the operator's Jobs run, on the
+same contracts, with local processes in place of Jobs and a local folder in place of S3. The manifest is
+checked as the API server would check it, then:
 
-With an `evalGateRef`, the EvalGate of that name must be in the same file. The best checkpoint is then
-evaluated (`evaluate`), the gate decided exactly as the operator decides it (`finetune_api.gate`), and,
-when it passes, published (`promote`) to `--output` (by default `<workdir>/<namespace>/<name>/promoted/`;
-a laptop run never writes to the job's s3:// outputUri). A gate that requires approval needs
-`--approve NAME`, the local form of the approved-by annotation.
+    validate   `validate-data`: the data gates; "auto" hyperparameters resolved from the row count
+    train      `train`, with the holdout scored before and after (`score-holdout`) when there is one
+    evaluate   with an `evalGateRef` (the EvalGate must be in the same file): `evaluate` on the plan's
+               candidate checkpoint, and the plan's verdict, exactly as the operator decides it
+    approve    a gate that requires approval needs `--approve NAME`, the local approved-by annotation
+    promote    `promote` to the plan's version under `--output` (by default
+               `<workdir>/<namespace>/<name>/promoted/`; a laptop run never writes to an s3:// outputUri)
 
-The run id is the job's name and a digest of its spec: running an unchanged manifest again resumes (or
-finds the run complete); any change starts a new run. `--fresh` starts over.
+The run id is the plan's: running an unchanged manifest again resumes (or finds the run complete); any
+change starts a new run. `--fresh` starts over. Exit codes: 0 done (or waiting for an approval that was
+not given), 1 an error, 3 the gate rejected the candidate.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from finetune_api.gate import EVAL_REPORT, EvalReport, decide, failing
-from finetune_api.hyperparameters import resolve
-from finetune_api.promotion import EVAL_REPORT_HTML, MANIFEST, MODEL_CARD, digest_of
+from finetune_api.errors import PermanentError
+from finetune_api.gate import EvalReport, failing
+from finetune_api.plan import RunPlan, candidate
+from finetune_api.promotion import EVAL_REPORT_HTML, MODEL_CARD, digest_of
 from finetune_api.run_layout import (
-    CHECKPOINTS,
     COMPLETE_MARKER,
-    DATA_REPORT,
-    PROGRESS,
     CheckpointMarker,
     DataValidationReport,
+    HoldoutModel,
     ProgressReport,
-    checkpoint_prefix,
-    promotable_step,
 )
-from finetune_api.trainer_config import (
-    EvaluationTarget,
-    PromotionTarget,
-    StorageTarget,
-    TrainerConfig,
-    build_trainer_config,
-)
+from finetune_api.trainer_config import RunContract, TrainContract
 from finetune_api.v1alpha1 import EvalGate, FineTuneJob
-from finetune_api.v1alpha1.finetunejob import Approval, GateResult
-from finetune_cli import validate
+from finetune_api.v1alpha1.conditions import Verdict
+from finetune_api.v1alpha1.finetunejob import Approval
+from finetune_cli import local, validate
 
-POLL_SECONDS = 2.0
+REJECTED = 3
 
 
 @dataclass(frozen=True)
@@ -112,89 +101,43 @@ def load_job(path: Path) -> tuple[FineTuneJob, EvalGate | None]:
     return job, gate
 
 
-def run_id(job: FineTuneJob) -> str:
-    spec = json.dumps(job.spec.model_dump(mode="json", exclude={"suspend", "run_policy"}), sort_keys=True)
-    return f"{job.metadata.name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+def local_plan(job: FineTuneJob, workdir: Path, output: Path | None) -> RunPlan:
+    """The job's plan, staged under `workdir` and published under `output` (or the job's promoted/)."""
+    staged = RunPlan.of(job, staging_root=f"{workdir.resolve()}/")
+    published = f"{output.resolve()}/" if output is not None else f"{staged.job_root}promoted/"
+    return RunPlan.of(job, staging_root=staged.staging_root, output_root=published)
 
 
-def contract(job: FineTuneJob, staging: Path, resolved: Any) -> TrainerConfig:
-    config = build_trainer_config(job, run_id=staging.name, resolved=resolved)
-    local = StorageTarget(staging_uri=str(staging.resolve()) + "/")
-    return config.model_copy(update={"storage": local})
+# Where each command's contract is written, inside the run's staging folder.
+CONTRACT_FILES = {
+    "validate-data": "trainer.json",
+    "train": "trainer.json",
+    "score-holdout": "trainer.json",
+    "evaluate": "evaluate.json",
+    "promote": "promote.json",
+}
 
 
-def _trainer(command: str, config_file: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "finetune_trainer", command, "--config", str(config_file), *extra],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
+@dataclass(frozen=True)
+class LocalRun:
+    """A plan being executed here: its staging folder, scratch space and log."""
+
+    plan: RunPlan
+    staging: Path
+    scratch: Path
+    log: Path
+
+    def trainer(self, command: str, contract: RunContract, *extra: str, what: str | None = None) -> int:
+        """Run a trainer command on `contract` to the end; its exit code."""
+        process = local.start(command, contract, self.staging / CONTRACT_FILES[command], self.log, *extra)
+        return local.finish(process, what or command, self.log)
+
+    def markers(self) -> list[CheckpointMarker]:
+        """The complete checkpoints of the run, oldest first."""
+        found = Path(self.plan.layout.checkpoints).glob(f"*/{COMPLETE_MARKER}")
+        return sorted(
+            (CheckpointMarker.model_validate_json(p.read_bytes()) for p in found), key=lambda m: m.step
         )
-
-
-def _finish(process: subprocess.Popen[bytes], what: str, log: Path) -> int:
-    code = process.wait()
-    if code != 0:
-        tail = log.read_text(errors="replace").splitlines()[-25:]
-        print(f"\n{what} failed (exit {code}); the end of {log}:", file=sys.stderr)
-        print("\n".join(f"  {line}" for line in tail), file=sys.stderr)
-    return code
-
-
-def _bar(report: ProgressReport, started: float) -> str:
-    width = 30
-    done = int(width * report.step / report.total_steps)
-    parts = [f"[{'#' * done}{'.' * (width - done)}] step {report.step}/{report.total_steps}"]
-    if report.loss is not None:
-        parts.append(f"loss {report.loss:.4f}")
-    if report.eval_loss is not None:
-        parts.append(f"eval {report.eval_loss:.4f}")
-    if report.tokens_per_second:
-        parts.append(f"{report.tokens_per_second:.0f} tok/s")
-    elapsed = time.monotonic() - started
-    if report.step:
-        parts.append(f"eta {max(0.0, elapsed / report.step * (report.total_steps - report.step)):.0f}s")
-    return "  ".join(parts)
-
-
-def _watch(process: subprocess.Popen[bytes], staging: Path) -> None:
-    """Draw the progress bar from progress.json while training runs (one line per update off a TTY)."""
-    started, shown = time.monotonic(), ""
-    tty = sys.stdout.isatty()
-    while process.poll() is None:
-        time.sleep(POLL_SECONDS)
-        try:
-            report = ProgressReport.model_validate_json((staging / PROGRESS).read_bytes())
-        except (OSError, ValidationError):
-            continue
-        line = _bar(report, started)
-        if tty:
-            print("\r" + line, end="", flush=True)
-        elif report.updated_at.isoformat() != shown:  # off a TTY, one line per report
-            print(line, flush=True)
-        shown = report.updated_at.isoformat()
-    if tty and shown:
-        print()
-
-
-def _score(config_file: Path, staging: Path, which: str, log: Path, workdir: Path) -> Score | None:
-    """The holdout metric of the base model or the newest checkpoint; the base's is scored once per run."""
-    result = staging / f"holdout-{which}.json"
-    if which == "latest" or not result.exists():
-        process = _trainer(
-            "score-holdout", config_file, log, "--checkpoint", which, "--workdir", str(workdir)
-        )
-        if _finish(process, f"score-holdout ({which})", log) != 0:
-            return None
-    found = json.loads(result.read_text())
-    return Score(str(found["metric"]).replace("_", " "), float(found["score"]))
 
 
 def main(
@@ -210,158 +153,133 @@ def main(
     except RunError as err:
         print(err, file=sys.stderr)
         return 1
-    namespace = job.metadata.namespace or "default"
-    staging = (workdir / namespace / job.metadata.name / run_id(job)).resolve()
+    plan = local_plan(job, workdir, output)
+    staging = Path(plan.layout.root)
     if fresh:
         shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True, exist_ok=True)
-    scratch = staging.parent / f".{staging.name}.scratch"
-    log = staging / "trainer.log"
-    config_file = staging / "trainer.json"
+    run = LocalRun(plan, staging, staging.parent / f".{staging.name}.scratch", staging / "trainer.log")
     started = time.monotonic()
     print(f"{job.metadata.name}: {job.spec.method} ({job.spec.adapter.type}) of {job.spec.base_model.uri}")
-    print(f"run {staging.name}, staging {staging}, log {log}")
+    print(f"run {plan.run_id}, staging {staging}, log {run.log}")
+    try:
+        contract = _validate(run)
+        if contract is None or not _train(run, contract, started):
+            return 1
+        code = 0 if gate is None else _gate(run, contract, gate, approve=approve)
+    except PermanentError as err:
+        print(f"{err.reason}: {err.message}", file=sys.stderr)
+        return 1
+    shutil.rmtree(run.scratch, ignore_errors=True)
+    return code
 
-    config_file.write_text(contract(job, staging, None).model_dump_json(by_alias=True, indent=2))
-    if _finish(_trainer("validate-data", config_file, log), "validate-data", log) != 0:
-        report_file = staging / DATA_REPORT
+
+def _validate(run: LocalRun) -> TrainContract | None:
+    """The data gates; the training contract with "auto" resolved from the row count, or None."""
+    plan = run.plan
+    report_file = Path(plan.layout.data_report)
+    if run.trainer("validate-data", plan.validate_contract()) != 0:
         if report_file.exists():
             report = DataValidationReport.model_validate_json(report_file.read_bytes())
             for rule in report.failed_rules:
                 print(f"  data gate: {rule}", file=sys.stderr)
-        return 1
-    report = DataValidationReport.model_validate_json((staging / DATA_REPORT).read_bytes())
+        return None
+    report = DataValidationReport.model_validate_json(report_file.read_bytes())
     print(f"data gates passed: {report.rows}")
-    spec = job.spec
-    resolved = resolve(
-        spec.hyperparameters, rows=report.rows["training"], method=spec.method, adapter=spec.adapter.type
-    )
-    config = contract(job, staging, resolved)
-    config_file.write_text(config.model_dump_json(by_alias=True, indent=2))
+    hp = plan.resolve(report.rows["training"])
     print(
-        f"hyperparameters: {resolved.epochs} epochs, batch size {resolved.batch_size}, "
-        f"learning rate {resolved.learning_rate:g}"
+        f"hyperparameters: {hp.epochs} epochs, batch size {hp.batch_size}, learning rate {hp.learning_rate:g}"
     )
-    holdout = spec.datasets.holdout is not None
-    before = _score(config_file, staging, "base", log, scratch) if holdout else None
+    return plan.train_contract(hp)
+
+
+def _train(run: LocalRun, contract: TrainContract, started: float) -> bool:
+    """Train (resuming from the newest complete checkpoint), with the holdout scored around it."""
+    holdout = contract.holdout is not None
+    before = _score(run, contract, "base") if holdout else None
     if before is not None:
         print(f"holdout {before} before training")
     train_started = time.monotonic()
-    process = _trainer("train", config_file, log, "--workdir", str(scratch))
-    _watch(process, staging)
-    if _finish(process, "train", log) != 0:
-        return 1
+    process = local.start(
+        "train", contract, run.staging / CONTRACT_FILES["train"], run.log, "--workdir", str(run.scratch)
+    )
+    local.watch(process, Path(run.plan.layout.progress))
+    if local.finish(process, "train", run.log) != 0:
+        return False
     trained = time.monotonic() - train_started
-    after = _score(config_file, staging, "latest", log, scratch) if holdout else None
-    _summary(staging, trained, time.monotonic() - started, before, after)
-    code = 0
-    if gate is not None:
-        destination = (output or staging.parent / "promoted").resolve()
-        code = _gate(Local(config, staging, scratch, log), gate, destination=destination, approve=approve)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return code
+    after = _score(run, contract, "latest") if holdout else None
+    _summary(run, trained, time.monotonic() - started, before, after)
+    return True
 
 
-def _markers(staging: Path) -> list[CheckpointMarker]:
-    """The complete checkpoints of a local run, oldest first."""
-    found = (staging / CHECKPOINTS).glob(f"*/{COMPLETE_MARKER}")
-    return sorted((CheckpointMarker.model_validate_json(p.read_bytes()) for p in found), key=lambda m: m.step)
+def _score(run: LocalRun, contract: TrainContract, which: HoldoutModel) -> Score | None:
+    """The holdout metric of the base model or the newest checkpoint; the base's is scored once per run."""
+    result = Path(run.plan.layout.holdout_score(which))
+    if which == "latest" or not result.exists():
+        extra = ("--checkpoint", which, "--workdir", str(run.scratch))
+        if run.trainer("score-holdout", contract, *extra, what=f"score-holdout ({which})") != 0:
+            return None
+    found = json.loads(result.read_text())
+    return Score(str(found["metric"]).replace("_", " "), float(found["score"]))
 
 
-@dataclass(frozen=True)
-class Local:
-    """A local run's contract and folders."""
-
-    config: TrainerConfig
-    staging: Path
-    scratch: Path
-    log: Path
-
-
-def _gate(run: Local, gate: EvalGate, *, destination: Path, approve: str | None) -> int:
-    """Evaluate the best checkpoint, decide, and promote what passes; 0 when promoted (or waiting for an
+def _gate(run: LocalRun, contract: TrainContract, gate: EvalGate, *, approve: str | None) -> int:
+    """Evaluate the plan's candidate, decide, and promote what passes: 0 when promoted (or waiting for an
     approval that was not given), 3 when the gate rejects."""
-    config, staging, scratch, log = run.config, run.staging, run.scratch, run.log
-    step = promotable_step((m.step, m.metrics) for m in _markers(staging))
+    plan, name = run.plan, gate.metadata.name
+    step = candidate((m.step, m.metrics) for m in run.markers())
     if step is None:
-        print(f"EvalGate {gate.metadata.name}: no complete checkpoint to evaluate", file=sys.stderr)
+        print(f"EvalGate {name}: no complete checkpoint to evaluate", file=sys.stderr)
         return 1
-    checkpoint = str(staging / checkpoint_prefix(step))
-    name = gate.metadata.name
-    target = EvaluationTarget(
-        gate_name=name,
-        gate=gate.spec,
-        checkpoint_uri=checkpoint,
-        checkpoint_step=step,
-        baseline=gate.spec.baseline.model or config.base_model,
-    )
-    evaluate_file = staging / "evaluate.json"
-    evaluate_file.write_text(
-        config.model_copy(update={"evaluation": target}).model_dump_json(by_alias=True, indent=2)
-    )
     print(f"\nEvalGate {name}: evaluating step {step} on {len(gate.spec.suites)} suites")
-    (staging / EVAL_REPORT).unlink(missing_ok=True)
-    code = _finish(_trainer("evaluate", evaluate_file, log, "--workdir", str(scratch)), "evaluate", log)
-    problem, report = None, None
+    report_file = Path(plan.layout.eval_report)
+    report_file.unlink(missing_ok=True)
+    code = run.trainer(
+        "evaluate", plan.evaluate_contract(contract, gate, step), "--workdir", str(run.scratch)
+    )
+    report, unreadable = None, None
     try:
-        report = EvalReport.model_validate_json((staging / EVAL_REPORT).read_bytes())
-    except (OSError, ValidationError) as err:
-        problem = f"no readable evaluation report: {err}"
-    if code != 0 and problem is None:
-        problem = f"evaluate exited {code}"
-    result = decide(gate.spec, report if problem is None else None, problem=problem)
-    result.report_uri = str(staging / EVAL_REPORT)
+        report = EvalReport.model_validate_json(report_file.read_bytes())
+    except OSError:
+        pass  # no report: the verdict says the evaluation wrote none
+    except ValidationError as err:
+        unreadable = f"{report_file} is unreadable: {err}"
+    failed = f"exit {code}" if code != 0 else None
+    result = plan.verdict(
+        gate.spec, report, runner="evaluate", unreadable=unreadable, failed=failed, at=datetime.now(UTC)
+    )
     for metric in result.metrics:
         print(f"  {'pass' if metric.passed else 'FAIL'}  {metric.suite}: {metric.message}")
-    if result.verdict != "Passed":
+    if result.verdict != Verdict.PASSED:
         print(f"gate {result.verdict.lower()}: nothing promoted ({'; '.join(failing(result)[:3])})")
-        return 3
+        return REJECTED
     approval = None
     if gate.spec.require_approval:
         if not approve:
             print("gate passed; it requires approval: run again with --approve NAME to promote")
             return 0
         approval = Approval(decision="Approved", by=approve, at=datetime.now(UTC))
-    return _promote(run, destination, step=step, gate_name=name, result=result, approval=approval)
-
-
-def _promote(
-    run: Local, destination: Path, *, step: int, gate_name: str, result: GateResult, approval: Approval | None
-) -> int:
-    """Publish (once: a version that already has its manifest is this run's, promoted before)."""
-    config, staging, log = run.config, run.staging, run.log
-    version = destination / staging.name
-    target = PromotionTarget(
-        checkpoint_uri=str(staging / checkpoint_prefix(step)),
-        checkpoint_step=step,
-        version_uri=str(version) + "/",
-        gate_name=gate_name,
-        gate=result,
-        approval=approval,
-    )
-    promote_file = staging / "promote.json"
-    promote_file.write_text(
-        config.model_copy(update={"promotion": target}).model_dump_json(by_alias=True, indent=2)
-    )
-    published = (version / MANIFEST).exists()
-    if not published and _finish(_trainer("promote", promote_file, log), "promote", log) != 0:
+    promote = plan.promote_contract(contract, gate_name=name, result=result, approval=approval, step=step)
+    manifest = Path(plan.manifest_uri)
+    if not manifest.exists() and run.trainer("promote", promote) != 0:  # published once, never rewritten
         return 1
-    digest = digest_of((version / MANIFEST).read_bytes())
-    print(f"promoted: {version} ({digest})")
+    version = Path(plan.version_uri)
+    print(f"promoted: {version} ({digest_of(manifest.read_bytes())})")
     print(f"model card: {version / MODEL_CARD}")
     print(f"eval report: {version / EVAL_REPORT_HTML}")
     return 0
 
 
-def _summary(staging: Path, trained: float, total: float, before: Score | None, after: Score | None) -> None:
-    progress = ProgressReport.model_validate_json((staging / PROGRESS).read_bytes())
-    checkpoints = [Path(checkpoint_prefix(m.step)).name for m in _markers(staging)]
+def _summary(run: LocalRun, trained: float, total: float, before: Score | None, after: Score | None) -> None:
+    layout = run.plan.layout
+    progress = ProgressReport.model_validate_json(Path(layout.progress).read_bytes())
+    checkpoints = [Path(layout.checkpoint(m.step)).name for m in run.markers()]
     print(f"\ntrained {progress.step}/{progress.total_steps} steps in {trained:.0f} s ({total:.0f} s in all)")
     if progress.loss is not None:
         print(
             f"final loss {progress.loss:.4f}"
             + (f", eval loss {progress.eval_loss:.4f}" if progress.eval_loss else "")
         )
-    print(f"checkpoints: {', '.join(checkpoints)} in {staging / CHECKPOINTS}")
+    print(f"checkpoints: {', '.join(checkpoints)} in {layout.checkpoints.rstrip('/')}")
     if before is not None and after is not None:
         print(f"holdout {before.metric}: {before.shown} before -> {after.shown} after")
