@@ -35,17 +35,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 import yaml  # noqa: E402
 
 from controlplane.cluster import CRDS, running  # noqa: E402
-from finetune_api.trainer_config import build_trainer_config  # noqa: E402
+from finetune_api.plan import RunPlan  # noqa: E402
 from finetune_api.v1alpha1 import FineTuneJob  # noqa: E402
-from finetune_operator.builders.names import run_id  # noqa: E402
 from finetune_operator.builders.workloads import validation_job  # noqa: E402
 from finetune_operator.kube.client import KubeClient  # noqa: E402
 from finetune_operator.settings import Settings  # noqa: E402
-from kube import finished_job_status  # noqa: E402
-from operator_process import OperatorProcess  # noqa: E402
-from s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
-from s3server import client as s3_client  # noqa: E402
-from s3server import running as s3_running  # noqa: E402
+from helpers.kube import finished_job_status  # noqa: E402
+from helpers.operator_process import OperatorProcess  # noqa: E402
+from helpers.s3server import ACCESS_KEY, SECRET_KEY  # noqa: E402
+from helpers.s3server import client as s3_client  # noqa: E402
+from helpers.s3server import running as s3_running  # noqa: E402
 
 CONCURRENCY = 64
 
@@ -101,7 +100,7 @@ async def baseline(kube: KubeClient, namespace: str, count: int) -> tuple[float,
             "POST", kube._url("FineTuneJob", namespace), manifest(namespace, f"bench-{i:05d}")
         )
         job = FineTuneJob.model_validate(raw)
-        contract = build_trainer_config(job, run_id=run_id(job), resolved=None)
+        contract = RunPlan.of(job).validate_contract()
         await kube.create(namespace, validation_job(job, settings, contract))
         involved = {
             "apiVersion": "finetune.dev/v1alpha1",

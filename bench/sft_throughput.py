@@ -124,7 +124,7 @@ def ours(
     model_dir: Path, rows: list[dict[str, Any]], args: argparse.Namespace, out: Path, packing: bool = True
 ) -> Any:
     from finetune_api.hyperparameters import Resolved  # noqa: PLC0415
-    from finetune_api.trainer_config import build_trainer_config  # noqa: PLC0415
+    from finetune_api.plan import RunPlan  # noqa: PLC0415
     from finetune_api.v1alpha1 import FineTuneJob  # noqa: PLC0415
     from finetune_trainer.data.rows import read_jsonl  # noqa: PLC0415
     from finetune_trainer.methods import Run, sft  # noqa: PLC0415
@@ -140,7 +140,7 @@ def ours(
     spec["checkpointing"]["saveSteps"] = 1_000_000  # no checkpoint inside the timed steps
     job = FineTuneJob.model_validate(doc)
     resolved = Resolved(epochs=100, batch_size=hp["batchSize"], learning_rate=hp["learningRate"])
-    config = build_trainer_config(job, run_id="bench", resolved=resolved)
+    config = RunPlan.of(job, run="bench").train_contract(resolved)
     content = "".join(json.dumps(r) + "\n" for r in rows).encode()
     dataset = read_jsonl(DATA, content)
     if dataset.problems:

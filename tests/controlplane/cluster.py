@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from processes import Process, ProcessError, free_port, spawn, wait_http
-from processes import workdir as temporary_workdir
+from helpers.processes import Process, ProcessError, free_port, spawn, wait_http
+from helpers.processes import workdir as temporary_workdir
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import EXAMPLES
+from helpers.support import EXAMPLES
 
 
 def test_quickstart_learns_the_task(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from processes import Process, spawn
+from helpers.processes import Process, spawn
 
 # `python -m finetune_operator` with only the packages of the operator image: the test environment also
 # has the Kubernetes client (the tests use it), which the image leaves out and Kopf would import if found.

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from processes import Process, ProcessError, free_port, spawn, wait_http
-from processes import workdir as temporary_workdir
+from helpers.processes import Process, ProcessError, free_port, spawn, wait_http
+from helpers.processes import workdir as temporary_workdir
 
 ACCESS_KEY = "finetune-test"
 SECRET_KEY = "finetune-test-secret"  # a throw-away credential for a loopback server

@@ -10,10 +10,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from datagen import chat_rows, jsonl
 from finetune_api.hyperparameters import Resolved
-from finetune_api.trainer_config import StorageTarget, build_trainer_config
+from finetune_api.plan import RunPlan
+from finetune_api.trainer_config import StorageTarget
 from finetune_api.v1alpha1 import FineTuneJob
+from helpers.datagen import chat_rows, jsonl
 
 ENV = {"HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -69,14 +70,11 @@ def contract(
     data.mkdir(exist_ok=True)
     (data / "train.jsonl").write_bytes(jsonl(train_rows or chat_rows(rows, seed=1)))
     (data / "val.jsonl").write_bytes(jsonl(val_rows or chat_rows(8, seed=2)))
-    config = build_trainer_config(
-        job(model, data, **kw),
-        run_id="tiny-1",
-        resolved=Resolved(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
+    config = RunPlan.of(job(model, data, **kw), run="tiny-1").train_contract(
+        Resolved(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
     )
     config = config.model_copy(update={"storage": StorageTarget(endpoint=endpoint, staging_uri=staging)})
     hp = config.hyperparameters
-    assert hp is not None
     config = config.model_copy(update={"hyperparameters": hp.model_copy(update={"max_seq_length": 128})})
     path = tmp / "trainer.json"
     path.write_text(config.model_dump_json(by_alias=True))

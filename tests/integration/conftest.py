@@ -9,12 +9,12 @@ import pytest
 from kubernetes import config
 
 from controlplane.cluster import running
-from datagen import chat_rows
-from kube import EXAMPLES_NAMESPACE, Cluster
-from s3server import S3Server
-from s3server import running as s3_running
-from support import CRDS
-from tinymodels import causal_lm
+from helpers.datagen import chat_rows
+from helpers.kube import EXAMPLES_NAMESPACE, Cluster
+from helpers.s3server import S3Server
+from helpers.s3server import running as s3_running
+from helpers.support import CRDS
+from helpers.tinymodels import causal_lm
 
 
 def _start(tmp: Path, *, with_controllers: bool) -> Iterator[Cluster]:

@@ -10,10 +10,8 @@ import pytest
 import yaml
 
 from finetune_cli.validate import validate_document
-from kube import Cluster
-from support import EXAMPLES, example, example_documents, invalid_cases, merge_patch
-
-pytestmark = pytest.mark.integration
+from helpers.kube import Cluster
+from helpers.support import EXAMPLES, example, example_documents, invalid_cases, merge_patch
 
 CASES = invalid_cases()
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from kubernetes import client
 
-from kube import Cluster
-from support import eventually, example
-
-pytestmark = pytest.mark.integration
+from helpers.kube import Cluster
+from helpers.support import eventually, example
 
 
 def test_job_controller_creates_a_pod(cluster_with_controllers: Cluster) -> None:

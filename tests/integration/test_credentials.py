@@ -12,7 +12,7 @@ import yaml
 
 from finetune_operator.kube.client import KubeClient
 from finetune_operator.kube.credentials import CredentialsError, from_kubeconfig
-from kube import Cluster
+from helpers.kube import Cluster
 
 
 def _inline(kubeconfig: Path, out: Path) -> Path:
@@ -39,7 +39,6 @@ async def _namespaces(monkeypatch: pytest.MonkeyPatch, kubeconfig: Path) -> list
     return [item["metadata"]["name"] for item in listing["items"]]
 
 
-@pytest.mark.integration
 def test_paths_and_inline_data_both_authenticate(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

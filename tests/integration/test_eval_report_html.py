@@ -24,8 +24,6 @@ from finetune_api.v1alpha1.evalgate import EvalGateSpec
 from finetune_api.v1alpha1.finetunejob import GateResult, MetricResult
 from finetune_trainer.evaluation.report import VERDICT_COLOURS, render_html
 
-pytestmark = pytest.mark.integration
-
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")  # the browser is Debian's, never a download
 CHROMIUM = Path("/usr/bin/chromium")
 SCRIPT = "<script>alert(1)</script>"

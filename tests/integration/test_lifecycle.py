@@ -7,9 +7,7 @@ import os
 import pytest
 
 from controlplane.cluster import running
-from processes import ProcessError
-
-pytestmark = pytest.mark.integration
+from helpers.processes import ProcessError
 
 
 def alive(pid: int) -> bool:

@@ -14,12 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from datagen import chat_rows, jsonl
 from finetune_api.gate import EvalReport
 from finetune_trainer.promotion import verify
 from finetune_trainer.storage import Store
-
-pytestmark = pytest.mark.integration
+from helpers.datagen import chat_rows, jsonl
 
 SHORT = {"maxNewTokens": 8, "batchSize": 8}
 REFUSALS = [

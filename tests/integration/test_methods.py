@@ -7,15 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from datagen import chat_rows, preference_rows
 from finetune_trainer.evaluation.task import answer_log_prob
-from trainrun import contract, run_to_end
+from helpers.datagen import chat_rows, preference_rows
+from helpers.trainrun import contract, run_to_end
 
 
 def final_checkpoint(staging: Path) -> Path:
@@ -34,7 +33,6 @@ def margin(model: Any, tok: Any, rows: list[dict[str, Any]]) -> float:
     return sum(gaps) / len(gaps)
 
 
-@pytest.mark.integration
 def test_dpo_with_lora_prefers_the_preferred_answers(tiny: Path, tmp_path: Path) -> None:
     rows = preference_rows(24, seed=3)
     staging = tmp_path / "staging"
@@ -64,7 +62,6 @@ def test_dpo_with_lora_prefers_the_preferred_answers(tiny: Path, tmp_path: Path)
     assert after > before + 1.0, (before, after)
 
 
-@pytest.mark.integration
 def test_dpo_full_fine_tuning_against_a_given_reference(tiny: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     config = contract(
@@ -122,7 +119,6 @@ def rft_contract(tmp_path: Path, tiny: Path, staging: Path, *, epochs: int, **sp
     )
 
 
-@pytest.mark.integration
 def test_rft_raises_the_grader_reward(tiny: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     config = rft_contract(tmp_path, tiny, staging, epochs=6)
@@ -139,7 +135,6 @@ def test_rft_raises_the_grader_reward(tiny: Path, tmp_path: Path) -> None:
     assert "eval_reward" in metrics
 
 
-@pytest.mark.integration
 def test_rft_stops_early_when_the_grader_score_stops_improving(tiny: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     # no reward can improve by more than 1.0: the second evaluation (step 8) is the end of patience

@@ -20,13 +20,12 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from kube import Cluster
-from operator_process import OperatorProcess
-from s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from s3server import client as s3_client
-from support import eventually, example, merge_patch
+from helpers.kube import Cluster
+from helpers.operator_process import OperatorProcess
+from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from helpers.s3server import client as s3_client
+from helpers.support import eventually, example, merge_patch
 
-pytestmark = pytest.mark.integration
 BUCKET = "finetune-staging"
 NAME = "support-assistant-sft"
 _namespaces = itertools.count(1)

@@ -16,7 +16,14 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 
-from finetune_api.promotion import EVAL_REPORT_HTML, EVAL_REPORT_JSON, LINEAGE, MANIFEST, MODEL_CARD
+from finetune_api.promotion import (
+    EVAL_REPORT_HTML,
+    EVAL_REPORT_JSON,
+    LINEAGE,
+    MANIFEST,
+    MODEL_CARD,
+    version_uri,
+)
 from finetune_trainer import promotion
 from finetune_trainer.promotion import (
     PromotionConflict,
@@ -26,13 +33,10 @@ from finetune_trainer.promotion import (
     publish,
     read_manifest,
     verify,
-    version_uri,
 )
 from finetune_trainer.storage import Store
-from s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from s3server import client as s3_client
-
-pytestmark = pytest.mark.integration
+from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from helpers.s3server import client as s3_client
 
 CHECKPOINT = {
     "adapter_model.safetensors": bytes(range(256)) * 16,

@@ -6,9 +6,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from s3server import ACCESS_KEY, SECRET_KEY, running
-
-pytestmark = pytest.mark.integration
+from helpers.s3server import ACCESS_KEY, SECRET_KEY, running
 
 
 def client(endpoint: str, key: str = ACCESS_KEY, secret: str = SECRET_KEY):

@@ -9,15 +9,13 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
 
-from s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from s3server import client as s3_client
-from trainrun import contract, train
+from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from helpers.s3server import client as s3_client
+from helpers.trainrun import contract, train
 
 
-@pytest.mark.integration
 def test_lora_sft_trains_and_checkpoints_to_s3(s3: S3Server, tiny: Path, tmp_path: Path) -> None:
     bucket = f"staging-{uuid.uuid4().hex[:8]}"
     client = s3_client(s3.endpoint)
@@ -71,7 +69,6 @@ def test_lora_sft_trains_and_checkpoints_to_s3(s3: S3Server, tiny: Path, tmp_pat
     assert all(t.abs().sum() > 0 for t in lora_b)  # LoRA B starts at zero: every adapter learned
 
 
-@pytest.mark.integration
 def test_full_fine_tuning_changes_the_weights(tiny: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     config = contract(
@@ -87,7 +84,6 @@ def test_full_fine_tuning_changes_the_weights(tiny: Path, tmp_path: Path) -> Non
     assert len(changed) > len(base) // 2
 
 
-@pytest.mark.integration
 def test_sigkill_resumes_from_the_last_complete_checkpoint(tiny: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     checkpoints = staging / "checkpoints"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from finetune_trainer.storage import StorageError, Store, join
-from s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from s3server import client as s3_client
+from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from helpers.s3server import client as s3_client
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -27,7 +27,6 @@ def root(
     return Store(endpoint=s3.endpoint), f"s3://{bucket}/run/"
 
 
-@pytest.mark.integration
 def test_round_trip(root: tuple[Store, str], tmp_path: Path) -> None:
     store, prefix = root
     checkpoint = tmp_path / "checkpoint"

@@ -14,21 +14,21 @@ from typing import Any
 
 import pytest
 
-from datagen import chat_rows, jsonl
-from finetune_api.trainer_config import staging_uri
+from finetune_api.plan import RunPlan
+from finetune_api.run_layout import StagingLayout
 from finetune_api.v1alpha1 import EvalGate, FineTuneJob
 from finetune_operator.observed import Decision, JobObservation, Observed
-from finetune_operator.reconcile.machine import reconcile
+from finetune_operator.reconcile import reconcile
 from finetune_operator.settings import Settings
 from finetune_operator.storage.s3 import S3Target, observe_run
 from finetune_trainer.promotion import verify
 from finetune_trainer.storage import Store
-from podrun import run_job
-from s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from s3server import client as s3_client
+from helpers.datagen import chat_rows, jsonl
+from helpers.podrun import run_job
+from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from helpers.s3server import client as s3_client
 
 SECRET = {"s3-credentials": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}}
-pytestmark = pytest.mark.integration
 
 
 @dataclass
@@ -47,8 +47,8 @@ class Run:
         return S3Target(self.s3.endpoint, None, ACCESS_KEY, SECRET_KEY, True, 10.0)
 
     @property
-    def staging(self) -> str:
-        return staging_uri(self.job, self.job.status.run_id or "")
+    def staging(self) -> StagingLayout:
+        return RunPlan.of(self.job).layout
 
     def step(self, **observed: Any) -> Decision:
         """Reconcile on what is observed now, then remember the status and the ConfigMap it decided."""
@@ -226,7 +226,9 @@ def test_the_evaluation_and_promotion_jobs_gate_and_publish(
     promoted = run.pod(promotion, "promote")
 
     version = f"s3://{run.bucket}/out/{run.job.status.run_id}/"
-    storage = run.storage(report=False, progress=False, checkpoints=True, version_uri=version)
+    storage = run.storage(
+        report=False, progress=False, checkpoints=True, manifest_uri=version + "MANIFEST.json"
+    )
     assert storage.promoted_digest is not None
     done = run.step(promotion=promoted, storage=storage)
     assert done.status.phase == "Succeeded", done.status

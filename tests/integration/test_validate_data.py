@@ -9,20 +9,19 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
-from datagen import chat_rows, jsonl, near_copy
-from finetune_api.trainer_config import build_trainer_config
+from finetune_api.plan import RunPlan
+from finetune_api.run_layout import StagingLayout
 from finetune_api.v1alpha1 import FineTuneJob
 from finetune_operator.storage.s3 import S3Target, observe_run
-from s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from s3server import client as s3_client
-from support import example, merge_patch
+from helpers.datagen import chat_rows, jsonl, near_copy
+from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from helpers.s3server import client as s3_client
+from helpers.support import example, merge_patch
 
-pytestmark = pytest.mark.integration
 
-
-def _contract(s3: S3Server, tmp_path: Path, bucket: str, *, sha256: str | None = None) -> tuple[Path, str]:
+def _contract(
+    s3: S3Server, tmp_path: Path, bucket: str, *, sha256: str | None = None
+) -> tuple[Path, StagingLayout]:
     doc = merge_patch(
         example("sft-support-assistant.yaml"),
         {
@@ -39,10 +38,10 @@ def _contract(s3: S3Server, tmp_path: Path, bucket: str, *, sha256: str | None =
         },
     )
     job = FineTuneJob.model_validate(doc)
-    contract = build_trainer_config(job, run_id="run-1", resolved=None)
+    contract = RunPlan.of(job, run="run-1").validate_contract()
     path = tmp_path / "trainer.json"
     path.write_text(contract.model_dump_json(by_alias=True))
-    return path, contract.storage.staging_uri
+    return path, contract.layout
 
 
 def _validate(config: Path) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from finetune_api.crd import all_crds, render
-from support import CRDS, ROOT
+from helpers.support import CRDS, ROOT
 
 FORBIDDEN = {"$ref", "$defs", "oneOf", "allOf", "title", "default", "const", "discriminator"}
 # inside anyOf/not a structural schema allows value validations only

@@ -10,11 +10,11 @@ import json
 import pytest
 from PIL import Image
 
-from datagen import chat_rows, jsonl, near_copy, preference_rows
 from finetune_api.v1alpha1.common import DatasetFormat
 from finetune_api.v1alpha1.finetunejob import DataGates
 from finetune_trainer.data import gates, pii
 from finetune_trainer.data.rows import MAX_PROBLEMS, read_jsonl
+from helpers.datagen import chat_rows, jsonl, near_copy, preference_rows
 
 PIXEL = (
     "data:image/png;base64,"

@@ -15,13 +15,13 @@ import torch
 from pydantic import TypeAdapter
 from transformers import BertConfig, BertForSequenceClassification, LlamaForCausalLM
 
-import tinymodels
 from finetune_api.v1alpha1.common import ModelSource
 from finetune_api.v1alpha1.evalgate import Generation
 from finetune_api.v1alpha1.graders import Grader
 from finetune_trainer.evaluation import generation, pairwise, safety
 from finetune_trainer.graders import GraderError, Result
 from finetune_trainer.storage import Store
+from helpers import tinymodels
 
 GRADER: TypeAdapter[Any] = TypeAdapter(Grader)
 CORPUS = [

@@ -14,9 +14,9 @@ import torch
 from pydantic import TypeAdapter
 from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
 
-import tinymodels
 from finetune_api.v1alpha1.graders import Grader
 from finetune_trainer.graders import Compiled, GraderError, Result, compile_grader, sample_from_text
+from helpers import tinymodels
 
 GRADER: TypeAdapter[Any] = TypeAdapter(Grader)
 CORPUS = [

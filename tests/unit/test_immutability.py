@@ -9,7 +9,7 @@ import celpy
 import pytest
 
 from finetune_api.crd import all_crds
-from support import example
+from helpers.support import example
 
 
 def spec_rules() -> list[dict[str, str]]:

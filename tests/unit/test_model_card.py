@@ -10,13 +10,14 @@ import pytest
 
 from finetune_api.gate import EvalReport, SuiteOutcome, decide
 from finetune_api.hyperparameters import resolve
-from finetune_api.trainer_config import TrainerConfig, build_trainer_config
+from finetune_api.plan import RunPlan
+from finetune_api.trainer_config import TrainContract
 from finetune_api.v1alpha1 import FineTuneJob
 from finetune_api.v1alpha1.evalgate import EvalGateSpec
 from finetune_api.v1alpha1.finetunejob import Approval, GateResult
 from finetune_trainer import model_card as card_module
 from finetune_trainer.model_card import lineage, model_card
-from support import example
+from helpers.support import example
 
 DIGESTS = {split: f"{i}" * 64 for i, split in enumerate(("training", "validation", "holdout"), start=1)}
 DATASETS = {
@@ -28,7 +29,7 @@ CHECKPOINT = "s3://finetune-staging/ml-platform/support-assistant-sft/run-1/chec
 AT = datetime(2026, 11, 3, 9, 30, tzinfo=UTC)
 
 
-def config() -> TrainerConfig:
+def config() -> TrainContract:
     doc = example("sft-support-assistant.yaml")
     doc["metadata"] |= {"uid": "uid-123"}
     doc["spec"]["baseModel"]["digest"] = BASE_DIGEST
@@ -36,7 +37,7 @@ def config() -> TrainerConfig:
     resolved = resolve(
         job.spec.hyperparameters, rows=1_000, method=job.spec.method, adapter=job.spec.adapter.type
     )
-    return build_trainer_config(job, run_id="support-assistant-sft-1", resolved=resolved)
+    return RunPlan.of(job, run="support-assistant-sft-1").train_contract(resolved)
 
 
 def gate_spec() -> EvalGateSpec:

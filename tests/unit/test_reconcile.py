@@ -19,7 +19,7 @@ from finetune_operator.reconcile import (
     reconcile,
 )
 from finetune_operator.settings import Settings
-from support import example, merge_patch
+from helpers.support import example, merge_patch
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SETTINGS = Settings(trainer_image="registry.example/trainer:1")

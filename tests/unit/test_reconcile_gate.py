@@ -11,7 +11,7 @@ from finetune_api.gate import EvalReport, SuiteOutcome
 from finetune_api.run_layout import CheckpointMarker, DataValidationReport
 from finetune_api.v1alpha1 import EvalGate, FineTuneJob
 from finetune_operator.reconcile import Decision, JobObservation, Observed, StorageObservation, reconcile
-from support import example, merge_patch
+from helpers.support import example, merge_patch
 
 MARKERS = tuple(CheckpointMarker(step=s, metrics={"eval_loss": v}) for s, v in [(100, 1.1), (200, 0.8)])
 VALID = DataValidationReport(passed=True, rows={"training": 1000})

@@ -11,8 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from trl.trainer import utils
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from datagen import chat_rows, jsonl, preference_rows
-from finetune_api.trainer_config import TrainerConfig
+from finetune_api.trainer_config import TrainContract
 from finetune_api.v1alpha1.common import DatasetFormat
 from finetune_api.v1alpha1.finetunejob import Adapter, AdapterType
 from finetune_trainer import attention, builtin, lm_head
@@ -21,8 +20,9 @@ from finetune_trainer.data.rows import Row, read_jsonl
 from finetune_trainer.evaluation.task import evaluate
 from finetune_trainer.methods.sft import encode
 from finetune_trainer.models import ModelError, load_kwargs
-from tinymodels import causal_lm, llama_config, tokenizer
-from trainrun import contract
+from helpers.datagen import chat_rows, jsonl, preference_rows
+from helpers.tinymodels import causal_lm, llama_config, tokenizer
+from helpers.trainrun import contract
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_holdout_metric_follows_the_method(tmp_path: Path) -> None:
         AutoTokenizer.from_pretrained(model_dir),
     )
 
-    dpo = TrainerConfig.model_validate_json(
+    dpo = TrainContract.model_validate_json(
         contract(tmp_path, model_dir, f"{tmp_path}/s/", method="dpo", fmt="preference").read_text()
     )
     pairs = preference_rows(6)
@@ -105,7 +105,7 @@ def test_holdout_metric_follows_the_method(tmp_path: Path) -> None:
         grader = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}"}
         grader |= {"reference": "{{item.never}}", "operation": operation}
         spec = {"rft": {"grader": grader, "maxCompletionTokens": 4}}
-        rft = TrainerConfig.model_validate_json(
+        rft = TrainContract.model_validate_json(
             contract(tmp_path, model_dir, f"{tmp_path}/s/", method="rft", fmt="rft", spec=spec).read_text()
         )
         result = evaluate(model, tok, holdout(prompts), DatasetFormat.RFT, rft)

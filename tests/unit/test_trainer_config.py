@@ -5,23 +5,24 @@ from __future__ import annotations
 import json
 
 from finetune_api.hyperparameters import resolve
-from finetune_api.trainer_config import TrainerConfig, build_trainer_config
+from finetune_api.plan import RunPlan
+from finetune_api.trainer_config import TrainContract
 from finetune_api.v1alpha1 import FineTuneJob
-from support import example
+from helpers.support import example
 
 
-def build(name: str, rows: int = 1_000) -> TrainerConfig:
+def build(name: str, rows: int = 1_000) -> TrainContract:
     job = FineTuneJob.model_validate(example(name) | {"metadata": example(name)["metadata"] | {"uid": "u-1"}})
     resolved = resolve(
         job.spec.hyperparameters, rows=rows, method=job.spec.method, adapter=job.spec.adapter.type
     )
-    return build_trainer_config(job, run_id="support-assistant-sft-1", resolved=resolved)
+    return RunPlan.of(job, run="support-assistant-sft-1").train_contract(resolved)
 
 
 def test_contract_is_concrete_and_round_trips() -> None:
     config = build("sft-support-assistant.yaml")
     text = json.dumps(config.dump())
-    again = TrainerConfig.model_validate_json(text)
+    again = TrainContract.model_validate_json(text)
     assert again == config
     data = json.loads(text)
     assert data["contractVersion"] == 1

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from finetune_cli.validate import validate_document
-from support import EXAMPLES, ROOT, example_documents, invalid_cases
+from helpers.support import EXAMPLES, ROOT, example_documents, invalid_cases
 
 CASES = invalid_cases()
 

@@ -27,14 +27,15 @@ from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3I
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from finetune_api.hyperparameters import Resolved
-from finetune_api.trainer_config import StorageTarget, TrainerConfig, build_trainer_config
+from finetune_api.plan import RunPlan
+from finetune_api.trainer_config import StorageTarget, TrainContract
 from finetune_api.v1alpha1 import FineTuneJob
 from finetune_trainer import train
 from finetune_trainer.data.images import ImageError, SizingError, sized
 from finetune_trainer.data.rows import read_jsonl
 from finetune_trainer.methods import Run
 from finetune_trainer.methods.vision import VisionError, build
-from tinymodels import IMAGE_TOKEN, image_classifier, vision_language_model
+from helpers.tinymodels import IMAGE_TOKEN, image_classifier, vision_language_model
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 QUESTION = "What color is the square?"
@@ -77,7 +78,7 @@ def chat_rows(count: int, seed: int) -> list[dict[str, Any]]:
 
 def contract(
     model: Path, tmp: Path, vision: dict[str, Any], *, adapter: str, epochs: int, lr: float
-) -> TrainerConfig:
+) -> TrainContract:
     job = FineTuneJob.model_validate(
         {
             "metadata": {"name": "vision", "namespace": "test", "uid": str(uuid.uuid4())},
@@ -95,14 +96,14 @@ def contract(
             },
         }
     )
-    config = build_trainer_config(
-        job, run_id="v-1", resolved=Resolved(epochs=epochs, batch_size=8, learning_rate=lr)
+    config = RunPlan.of(job, run="v-1").train_contract(
+        Resolved(epochs=epochs, batch_size=8, learning_rate=lr)
     )
     return config.model_copy(update={"storage": StorageTarget(staging_uri=f"{tmp}/staging/")})
 
 
 def run_of(
-    config: TrainerConfig, model: Path, tmp: Path, train: list[dict[str, Any]], val: list[dict[str, Any]]
+    config: TrainContract, model: Path, tmp: Path, train: list[dict[str, Any]], val: list[dict[str, Any]]
 ) -> Run:
     def rows(name: str, data: list[dict[str, Any]]) -> Any:
         dataset = read_jsonl(name, "".join(json.dumps(r) + "\n" for r in data).encode())
