@@ -2,8 +2,10 @@
 
 Pure code (the run plan, reconcile) raises these instead of bare `ValueError`s, and whoever runs it decides
 by the class what happens next: a `PermanentError` ends the run with a Failed condition carrying its reason
-(the user must change something); a `TemporaryError` is retried after `delay` seconds. The operator's
-handlers map them to Kopf's errors of the same names; `finetune run` prints the message and exits.
+(the user must change something); a `TemporaryError` is retried after `delay` seconds. In the operator,
+reconcile turns a PermanentError into the Failed condition, the job's loop waits out a TemporaryError, and
+the deletion handler raises Kopf's TemporaryError for one (a PermanentError there lets the object go with
+a Warning Event naming the reason); `finetune run` prints the reason and message and exits 1.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import kopf
 from finetune_api.base import GROUP, VERSION
 from finetune_api.errors import DomainError, PermanentError, TemporaryError
 from finetune_api.plan import RunPlan
-from finetune_api.v1alpha1 import FINETUNEJOB_CRD, Reason
+from finetune_api.v1alpha1 import FINETUNEJOB_CRD, FineTuneJob, Reason
 from finetune_operator.builders.names import FINALIZER, JOB_LABEL, MANAGER
 from finetune_operator.builders.workloads import CONFIG_KEY
 from finetune_operator.handlers import parse
@@ -151,7 +151,7 @@ async def delete(
     logger.info(f"deleted {deleted} staging objects under {staging}")
 
 
-async def _delete_staging(job: Any, operator: Runtime, runtime: dt.timedelta) -> tuple[int, str]:
+async def _delete_staging(job: FineTuneJob, operator: Runtime, runtime: dt.timedelta) -> tuple[int, str]:
     """Delete the run's staging prefix: a TemporaryError while S3 fails within the cleanup deadline, a
     PermanentError when the prefix must not or could not be deleted."""
     staging = RunPlan.of(job).layout.root
