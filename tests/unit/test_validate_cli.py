@@ -104,3 +104,33 @@ def test_readme_manifests_are_valid() -> None:
     assert kinds == ["EvalGate", "FineTuneJob"]
     for manifest in manifests:
         assert validate_document(manifest)[2] == []
+
+
+@pytest.mark.parametrize(
+    ("suite", "problem"),
+    [
+        ({"metric": "exact_match", "threshold": {"min": 0.5}}, "generation.temperature > 0"),
+        ({"metric": "exact_match", "threshold": {"min": 0.5}, "generation": {"temperature": 0.0}}, "> 0"),
+        ({"metric": "exact_match", "threshold": {"min": 0.5}, "generation": {"temperature": 0.7}}, None),
+        ({"metric": "eval_loss", "threshold": {"max": 2.0}}, None),  # scored on the labels: nothing sampled
+    ],
+)
+def test_seeds_need_sampling_in_every_suite_that_generates(
+    suite: dict[str, object], problem: str | None
+) -> None:
+    gate = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "EvalGate",
+        "metadata": {"name": "g", "namespace": "ml"},
+        "spec": {
+            "suites": [{"name": "s", "dataset": {"uri": "s3://datasets/x.jsonl"}, **suite}],
+            "seeds": [1, 2],
+        },
+    }
+    found = [str(p) for p in validate_document(gate)[2]]
+    if problem is None:
+        assert found == []
+    else:
+        assert len(found) == 1
+        assert found[0].startswith("spec.seeds:")
+        assert problem in found[0]

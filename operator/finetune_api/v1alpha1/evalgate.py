@@ -49,6 +49,7 @@ NEEDS_JUDGE = frozenset({Metric.WIN_RATE, Metric.GRADER_SCORE})
 USES_CLASSIFIER = frozenset(
     {Metric.REFUSAL_ACCURACY, Metric.OVER_REFUSAL_RATE, Metric.JAILBREAK_SUCCESS_RATE, Metric.TOXICITY_RATE}
 )
+GENERATES = frozenset(set(Metric) - {Metric.EVAL_LOSS})  # scored on sampled replies, not on the labels
 
 
 def _cel_list(metrics: frozenset[Metric]) -> str:
@@ -157,7 +158,8 @@ class EvalGateSpec(ApiModel):
     no_regression: NoRegression = Field(default_factory=NoRegression)
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=10)] = Field(
         default_factory=list,
-        description="Evaluate once per seed; a metric whose spread across seeds exceeds maxSeedStdDev fails.",
+        description="Evaluate once per seed, sampling (every generating suite needs temperature > 0); a "
+        "metric whose spread across seeds exceeds maxSeedStdDev fails.",
     )
     max_seed_std_dev: Annotated[float, Field(ge=0.0)] = 0.05
     require_approval: bool = False
@@ -173,6 +175,14 @@ class EvalGateSpec(ApiModel):
         Rule(
             "!has(self.seeds) || size(self.seeds) != 1",
             "seeds: give none, or at least two for the variance check",
+            field_path=".seeds",
+        ),
+        Rule(
+            "!has(self.seeds) || size(self.seeds) == 0 || self.suites.all(s, "
+            f"!(s.metric in {_cel_list(GENERATES)}) || "
+            "(has(s.generation) && has(s.generation.temperature) && s.generation.temperature > 0.0))",
+            "seeds compare sampled replies: every suite that generates needs generation.temperature > 0 "
+            "(at temperature 0 every seed gives the same replies)",
             field_path=".seeds",
         ),
     )
