@@ -11,11 +11,13 @@ one is compared, or a seed that was not run, each fails the gate with a message 
 Per suite, one result for the threshold (`min` for higher-is-better metrics, `max` for the others) and,
 when the gate has seeds, the spread across them (sample standard deviation at most `maxSeedStdDev`). Then,
 for the suites `noRegression` covers (all but win_rate, which is already a comparison with the baseline),
-one result for no regression: the candidate fails when a one-sided bootstrap of the mean per-example
-degradation (baseline minus candidate for higher-is-better metrics, the reverse otherwise) puts its lower
-bound at `confidence` above `tolerance`, that is, when the evaluation shows with that confidence that the
-candidate is worse by more than the tolerance. Without paired per-example scores the point values are
-compared. The bootstrap is seeded by the suite's name, so a decision is the same every time it is taken.
+one result for non-inferiority: the candidate passes only when it is shown no worse, that is when the
+one-sided upper confidence bound (at `confidence`) of the mean per-example degradation (baseline minus
+candidate for higher-is-better metrics, the reverse otherwise) is at most `tolerance` (`upper_bound`:
+Tango's score bound for paired scores in [0, 1], a paired bootstrap for unbounded ones). A suite too small
+to show it fails closed, saying roughly how many rows would, at the differences observed; without paired
+per-example scores nothing is shown and the check fails. The bootstrap is seeded by the suite's name, so
+a decision is the same every time it is taken.
 """
 
 from __future__ import annotations
@@ -25,17 +27,20 @@ import random
 import statistics
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from statistics import NormalDist
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from finetune_api.base import ApiModel, Name, ShortText, Text, Uri
 from finetune_api.v1alpha1.conditions import Verdict
-from finetune_api.v1alpha1.evalgate import HIGHER_IS_BETTER, EvalGateSpec, Metric, NoRegression, Suite
+from finetune_api.v1alpha1.evalgate import HIGHER_IS_BETTER, RATES, EvalGateSpec, Metric, NoRegression, Suite
 from finetune_api.v1alpha1.finetunejob import GateResult, MetricResult
 
-BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_RESAMPLES = 10_000
+MAX_ROWS = 10_000_000
 
 
 class SuiteOutcome(ApiModel):
@@ -159,43 +164,142 @@ def _compared(rule: NoRegression, suite: Suite) -> bool:
 
 
 def _no_regression(suite: Suite, outcome: SuiteOutcome | None, rule: NoRegression) -> MetricResult:
+    """Passes only when the candidate is shown no worse than the baseline by more than the tolerance."""
     problem = _unusable(suite, outcome)
     if problem or outcome is None or outcome.value is None:
         return _failed(suite, f"no regression: {problem or 'no result'}")
     if outcome.baseline is None or not math.isfinite(outcome.baseline):
         return _failed(suite, "no regression: the baseline was not evaluated")
     value, baseline = outcome.value, outcome.baseline
+    shown = _percent if suite.metric in RATES else _plain
+    head = f"{suite.metric} {value:.4g} vs baseline {baseline:.4g}"
+    pairs = len(outcome.scores) == len(outcome.baseline_scores) > 1
+    if not pairs or not all(math.isfinite(x) for x in (*outcome.scores, *outcome.baseline_scores)):
+        return _result(
+            suite,
+            outcome,
+            rule,
+            False,
+            f"{head}: no paired per-example scores, so no "
+            "regression can be shown absent; the evaluation must score each row for both models",
+        )
     sign = 1.0 if suite.metric in HIGHER_IS_BETTER else -1.0
-    worse_by = sign * (baseline - value)
-    paired = len(outcome.scores) == len(outcome.baseline_scores) > 1
-    if paired:
-        degradation = [sign * (b - c) for c, b in zip(outcome.scores, outcome.baseline_scores, strict=True)]
-        bound = lower_bound(degradation, rule.confidence, seed=suite.name)
-        passed = bound <= rule.tolerance
-        how = f"one-sided {rule.confidence:.0%} lower bound {bound:.4g}"
-    else:
-        passed = worse_by <= rule.tolerance
-        how = "no per-example scores, point values compared"
-    message = (
-        f"{suite.metric} {value:.4g} vs baseline {baseline:.4g}: worse by {max(worse_by, 0.0) or 0.0:.4g} "
-        f"({how}) {'<=' if passed else '>'} tolerance {rule.tolerance:.4g}"
+    degradation = [sign * (b - c) for c, b in zip(outcome.scores, outcome.baseline_scores, strict=True)]
+    bounded = all(0.0 <= x <= 1.0 for x in (*outcome.scores, *outcome.baseline_scores))
+    bound = upper_bound(degradation, rule.confidence, seed=suite.name, bounded=bounded)
+    passed = bound.value <= rule.tolerance
+    at_most = (
+        f"better by at least {shown(-bound.value)}"
+        if bound.value < 0
+        else f"worse by at most {shown(bound.value)}"
     )
+    message = (
+        f"{head}: {at_most} ({rule.confidence:.0%} upper bound, {bound.method}) "
+        f"{'<=' if passed else '>'} tolerance {shown(rule.tolerance)}"
+    )
+    if not passed:
+        message += f"; {_rows_needed(degradation, rule, bound)}"
+    return _result(suite, outcome, rule, passed, message)
+
+
+def _result(
+    suite: Suite, outcome: SuiteOutcome, rule: NoRegression, passed: bool, message: str
+) -> MetricResult:
     return MetricResult(
         suite=suite.name,
         metric=str(suite.metric),
-        value=value,
+        value=outcome.value,
         threshold=rule.tolerance,
         comparator="no_regression",
-        baseline=baseline,
+        baseline=outcome.baseline,
         passed=passed,
         message=message,
     )
 
 
-def lower_bound(values: Sequence[float], confidence: float, *, seed: str) -> float:
-    """The `1 - confidence` quantile of the bootstrap distribution of the mean of `values`."""
+def _percent(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def _plain(x: float) -> str:
+    return f"{x:.4g}"
+
+
+@dataclass(frozen=True)
+class Bound:
+    value: float  # the upper confidence bound of the mean per-row degradation
+    method: str  # how it was computed, as the message names it
+    estimate: float  # the observed mean degradation
+
+
+def upper_bound(degradation: Sequence[float], confidence: float, *, seed: str, bounded: bool) -> Bound:
+    """The one-sided upper confidence bound of the mean of `degradation` (baseline minus candidate per
+    row, oriented so that positive is worse). When every score lies in [0, 1] (`bounded`: rates, exact
+    match, a grader's normalised score) it is Tango's score bound for paired proportions, each row counting
+    max(0, d) as discordance against the candidate and max(0, -d) for it: exact for binary scores, and for
+    fractional ones conservative, since |d| >= d**2 over-states the variance. It stays honest where every
+    row agrees: 48 rows without a single difference bound the degradation at 5.3%, not 0. Unbounded
+    scores (eval_loss) get a paired percentile bootstrap with BOOTSTRAP_RESAMPLES resamples."""
+    n = len(degradation)
+    estimate = math.fsum(degradation) / n
+    if bounded:
+        worse = math.fsum(max(0.0, d) for d in degradation)
+        better = math.fsum(max(0.0, -d) for d in degradation)
+        return Bound(tango_upper(worse, better, n, confidence), "Tango score", estimate)
     rng = random.Random(zlib.crc32(seed.encode()))
-    n = len(values)
-    means = sorted(math.fsum(rng.choices(values, k=n)) / n for _ in range(BOOTSTRAP_RESAMPLES))
-    index = min(len(means) - 1, max(0, math.floor((1.0 - confidence) * len(means))))
-    return means[index]
+    means = sorted(math.fsum(rng.choices(degradation, k=n)) / n for _ in range(BOOTSTRAP_RESAMPLES))
+    index = min(len(means) - 1, max(0, math.ceil(confidence * len(means)) - 1))
+    return Bound(max(means[index], estimate), "paired bootstrap", estimate)
+
+
+def tango_upper(worse: float, better: float, n: float, confidence: float) -> float:
+    """Upper bound of p(worse) - p(better) over `n` paired rows (Tango 1998, Stat Med 17:891): the largest
+    difference its score test does not reject at one-sided `confidence`."""
+    z = NormalDist().inv_cdf(confidence)
+    observed = (worse - better) / n
+
+    def score(delta: float) -> float:
+        a = 2 * n
+        b = -worse - better + (2 * n - worse + better) * delta
+        c = -better * delta * (1 - delta)
+        q = (math.sqrt(max(0.0, b * b - 4 * a * c)) - b) / (2 * a)
+        variance = n * (2 * q + delta * (1 - delta))
+        return (worse - better - n * delta) / math.sqrt(variance) if variance > 0 else 0.0
+
+    low, high = observed, 1.0
+    if score(high - 1e-12) >= -z:
+        return 1.0
+    for _ in range(100):  # the score falls as delta rises: bisect for score(delta) = -z
+        middle = (low + high) / 2
+        low, high = (middle, high) if score(middle) >= -z else (low, middle)
+    return high
+
+
+def _rows_needed(degradation: Sequence[float], rule: NoRegression, bound: Bound) -> str:
+    """Roughly how many rows would show the candidate within tolerance, at the differences observed."""
+    n = len(degradation)
+    if bound.estimate >= rule.tolerance:
+        return (
+            f"on these {n} rows it is worse by {bound.estimate:.4g} on average: more rows cannot show it "
+            "within tolerance"
+        )
+    if bound.method == "Tango score":
+        worse = math.fsum(max(0.0, d) for d in degradation) / n
+        better = math.fsum(max(0.0, -d) for d in degradation) / n
+
+        def fits(rows: int) -> bool:
+            return tango_upper(worse * rows, better * rows, rows, rule.confidence) <= rule.tolerance
+
+        high = n
+        while high < MAX_ROWS and not fits(high):
+            high *= 2
+        low = high // 2
+        while high - low > max(1, low // 100):
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(middle) else (middle, high)
+        needed = high
+    else:  # the bound's half-width shrinks as 1/sqrt(rows)
+        needed = math.ceil(n * ((bound.value - bound.estimate) / (rule.tolerance - bound.estimate)) ** 2)
+    if needed >= MAX_ROWS:
+        return f"{n} rows cannot show it; at the differences observed no practical suite could"
+    return f"{n} rows cannot show it; about {needed:,} would, at the differences observed"

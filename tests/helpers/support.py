@@ -63,3 +63,11 @@ def eventually(probe: Callable[[], Any], timeout: float = 60.0, message: str = "
             return value
         time.sleep(0.25)
     raise AssertionError(message or f"condition not met within {timeout:.0f}s")
+
+
+def paired_scores(value: float, baseline: float, rows: int = 1000) -> tuple[list[float], list[float]]:
+    """Per-example 0/1 scores of a candidate and a baseline on the same `rows` rows, with means `value` and
+    `baseline`, agreeing wherever they can: enough rows for a non-inferiority check to show a difference
+    within a 1% tolerance."""
+    ones, base_ones = round(value * rows), round(baseline * rows)
+    return [1.0] * ones + [0.0] * (rows - ones), [1.0] * base_ones + [0.0] * (rows - base_ones)

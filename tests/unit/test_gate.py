@@ -62,8 +62,8 @@ def outcome(
 
 def good() -> dict[str, SuiteOutcome]:
     return {
-        "task": outcome("task", "exact_match", [1.0] * 90 + [0.0] * 10, [1.0] * 88 + [0.0] * 12),
-        "toxic": outcome("toxic", "toxicity_rate", [0.0] * 99 + [1.0], [0.0] * 98 + [1.0] * 2),
+        "task": outcome("task", "exact_match", [1.0] * 900 + [0.0] * 100, [1.0] * 880 + [0.0] * 120),
+        "toxic": outcome("toxic", "toxicity_rate", [0.0] * 990 + [1.0] * 10, [0.0] * 980 + [1.0] * 20),
         "wins": outcome("wins", "win_rate", [1.0] * 60 + [0.5] * 10 + [0.0] * 30, interval=[0.55, 0.73]),
     }
 
@@ -82,7 +82,10 @@ def test_a_good_candidate_passes_with_one_line_per_check() -> None:
     assert lines[("toxic", "max")] == "toxicity_rate 0.01 <= max 0.05"
     assert lines[("wins", "min")] == "win_rate 0.65 >= min 0.5 (95% CI 0.55 to 0.73)"
     assert ("wins", "no_regression") not in lines  # a win rate is already a comparison with the baseline
-    assert lines[("task", "no_regression")].startswith("exact_match 0.9 vs baseline 0.88: worse by 0 ")
+    assert lines[("task", "no_regression")] == (
+        "exact_match 0.9 vs baseline 0.88: better by at least 1.39% (95% upper bound, Tango score) "
+        "<= tolerance 1%"
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,12 +93,12 @@ def test_a_good_candidate_passes_with_one_line_per_check() -> None:
     [
         (
             "task",
-            outcome("task", "exact_match", [1.0] * 70 + [0.0] * 30, [1.0] * 70 + [0.0] * 30),
+            outcome("task", "exact_match", [1.0] * 700 + [0.0] * 300, [1.0] * 700 + [0.0] * 300),
             "task: exact_match 0.7 < min 0.8",
         ),
         (
             "toxic",
-            outcome("toxic", "toxicity_rate", [0.0] * 90 + [1.0] * 10, [0.0] * 90 + [1.0] * 10),
+            outcome("toxic", "toxicity_rate", [0.0] * 900 + [1.0] * 100, [0.0] * 900 + [1.0] * 100),
             "toxic: toxicity_rate 0.1 > max 0.05",
         ),
         ("wins", outcome("wins", "win_rate", [0.0] * 60 + [1.0] * 40), "wins: win_rate 0.4 < min 0.5"),
@@ -113,24 +116,74 @@ def test_a_significant_regression_fails_even_above_the_threshold() -> None:
     result = decide(spec(), report(task=worse))
     assert result.verdict == "Failed"
     (line,) = failing(result)
-    assert line.startswith(
-        "task: exact_match 0.82 vs baseline 0.97: worse by 0.15 (one-sided 95% lower bound"
+    assert line.startswith("task: exact_match 0.82 vs baseline 0.97: worse by at most ")
+    assert "(95% upper bound, Tango score) > tolerance 1%" in line
+    assert line.endswith(
+        "on these 100 rows it is worse by 0.15 on average: more rows cannot show it within tolerance"
     )
-    assert line.endswith("> tolerance 0.01")
 
 
-def test_noise_within_what_the_sample_can_tell_is_not_a_regression() -> None:
-    # 2 of 100 examples flip: the bootstrap cannot tell that apart from zero at 95%
-    cand = [1.0] * 88 + [0.0] * 12
-    base = [1.0] * 88 + [0.0] * 10 + [1.0] * 2
-    assert decide(spec(), report(task=outcome("task", "exact_match", cand, base))).verdict == "Passed"
+def paired(rows: int, worse: int, better: int = 0, errors: int = 0) -> SuiteOutcome:
+    """Exact match on `rows` rows where both models miss `errors` rows, and the candidate alone misses
+    `worse` rows the baseline gets right and gets `better` rows right that the baseline misses."""
+    both = rows - errors - worse - better
+    cand = [1.0] * both + [0.0] * errors + [0.0] * worse + [1.0] * better
+    base = [1.0] * both + [0.0] * errors + [1.0] * worse + [0.0] * better
+    return outcome("task", "exact_match", cand, base)
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "verdict", "said"),
+    [
+        ("identical on 1,000 rows", paired(1000, 0, errors=100), "Passed", "worse by at most 0.27%"),
+        ("13% worse on 30 rows", paired(30, 4, errors=2), "Failed", "worse by 0.1333 on average"),
+        ("8% worse on 100 rows", paired(100, 8, errors=5), "Failed", "worse by 0.08 on average"),
+        ("0.5% worse on 2,000 rows", paired(2000, 20, 10, errors=100), "Passed", "<= tolerance 1%"),
+        ("identical on 100 rows", paired(100, 0, errors=10), "Failed", "100 rows cannot show it; about 268"),
+        ("2 of 100 flip each way", paired(100, 2, 2, errors=10), "Failed", "100 rows cannot show it; about"),
+    ],
+)
+def test_a_regression_check_passes_only_what_the_rows_show_no_worse(
+    name: str, task: SuiteOutcome, verdict: str, said: str
+) -> None:
+    result = decide(spec(), report(task=task))
+    check = next(r for r in result.metrics if (r.suite, r.comparator) == ("task", "no_regression"))
+    assert ("Passed" if check.passed else "Failed") == verdict, check.message
+    assert said in (check.message or ""), check.message
+
+
+def test_scores_without_their_pairs_show_nothing_and_fail_closed() -> None:
+    unpaired = SuiteOutcome(suite="task", metric="exact_match", value=0.95, baseline=0.5, rows=1000)
+    (line,) = failing(decide(spec(), report(task=unpaired)))
+    assert line.startswith("task: exact_match 0.95 vs baseline 0.5: no paired per-example scores")
+
+
+def test_unbounded_scores_are_bounded_by_a_paired_bootstrap() -> None:
+    gate = spec(
+        suites=[
+            {
+                "name": "loss",
+                "dataset": {"uri": "s3://evals/loss.jsonl"},
+                "metric": "eval_loss",
+                "threshold": {"max": 5.0},
+            }
+        ]
+    )
+    same = [1.5 + (i % 7) * 0.3 for i in range(400)]
+    lower = [x - 0.2 for x in same]
+    result = decide(gate, EvalReport(suites=[outcome("loss", "eval_loss", lower, same)]))
+    assert result.verdict == "Passed"
+    assert "(95% upper bound, paired bootstrap) <= tolerance 0.01" in result.metrics[1].message
+    worse = [x + 0.2 for x in same]
+    result = decide(gate, EvalReport(suites=[outcome("loss", "eval_loss", worse, same)]))
+    assert result.verdict == "Failed"
+    assert "worse by 0.2 on average" in (result.metrics[1].message or "")
 
 
 def test_lower_is_better_metrics_regress_upwards() -> None:
-    worse = outcome("toxic", "toxicity_rate", [0.0] * 96 + [1.0] * 4, [0.0] * 100)
-    strict = spec(noRegression={"tolerance": 0.0})
-    (line,) = failing(decide(strict, report(toxic=worse)))
-    assert line.startswith("toxic: toxicity_rate 0.04 vs baseline 0: worse by 0.04")
+    worse = outcome("toxic", "toxicity_rate", [0.0] * 960 + [1.0] * 40, [0.0] * 1000)
+    (line,) = failing(decide(spec(), report(toxic=worse)))
+    assert line.startswith("toxic: toxicity_rate 0.04 vs baseline 0: worse by at most ")
 
 
 def test_no_regression_can_be_limited_to_some_suites_or_switched_off() -> None:

@@ -11,7 +11,7 @@ from finetune_api.gate import EvalReport, SuiteOutcome
 from finetune_api.run_layout import CheckpointMarker, DataValidationReport
 from finetune_api.v1alpha1 import EvalGate, FineTuneJob
 from finetune_operator.reconcile import Decision, JobObservation, Observed, StorageObservation, reconcile
-from helpers.support import example, merge_patch
+from helpers.support import example, merge_patch, paired_scores
 
 MARKERS = tuple(CheckpointMarker(step=s, metrics={"eval_loss": v}) for s, v in [(100, 1.1), (200, 0.8)])
 VALID = DataValidationReport(passed=True, rows={"training": 1000})
@@ -56,7 +56,18 @@ def contract(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def outcome(suite: str, metric: str, value: float, baseline: float | None = None) -> SuiteOutcome:
-    return SuiteOutcome(suite=suite, metric=metric, value=value, baseline=baseline)
+    if baseline is None:
+        return SuiteOutcome(suite=suite, metric=metric, value=value)
+    scores, baseline_scores = paired_scores(value, baseline)
+    return SuiteOutcome(
+        suite=suite,
+        metric=metric,
+        value=value,
+        baseline=baseline,
+        scores=scores,
+        baseline_scores=baseline_scores,
+        rows=len(scores),
+    )
 
 
 PASSING = [

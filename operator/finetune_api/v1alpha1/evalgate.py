@@ -135,8 +135,9 @@ class Baseline(ApiModel):
 
 
 class NoRegression(ApiModel):
-    """No metric of the candidate may be worse than the baseline's by more than `tolerance`, judged by a
-    one-sided bootstrap test at `confidence`."""
+    """Non-inferiority: each metric of the candidate must be shown worse than the baseline's by at most
+    `tolerance` (the one-sided upper confidence bound at `confidence` of the paired per-example
+    difference); a suite too small to show it fails."""
 
     enabled: bool = True
     tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
