@@ -50,14 +50,16 @@ def browser() -> Iterator[Browser]:
 
 
 def gate_and_report() -> tuple[GateResult, EvalReport]:
-    """A real decision: `task` and `wins` pass, `toxic` fails its threshold and its no-regression check."""
+    """A real decision: `task` and `wins` pass, `toxic` fails its threshold and its no-regression check
+    (the only suite compared: five rows could not show `task` non-inferior)."""
     spec = EvalGateSpec.model_validate(
         {
             "suites": [
                 suite("task", "exact_match", {"min": 0.5}),
                 suite("toxic", "toxicity_rate", {"max": 0.05}),
                 suite("wins", "win_rate", {"min": 0.5}, judge=JUDGE),
-            ]
+            ],
+            "noRegression": {"suites": ["toxic"]},
         }
     )
     report = EvalReport(
