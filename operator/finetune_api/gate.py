@@ -230,6 +230,7 @@ class Bound:
     value: float  # the upper confidence bound of the mean per-row degradation
     method: str  # how it was computed, as the message names it
     estimate: float  # the observed mean degradation
+    discordance: tuple[float, float] = (0.0, 0.0)  # per row, against and for the candidate (Tango only)
 
 
 def upper_bound(degradation: Sequence[float], confidence: float, *, seed: str, bounded: bool) -> Bound:
@@ -245,7 +246,8 @@ def upper_bound(degradation: Sequence[float], confidence: float, *, seed: str, b
     if bounded:
         worse = math.fsum(max(0.0, d) for d in degradation)
         better = math.fsum(max(0.0, -d) for d in degradation)
-        return Bound(tango_upper(worse, better, n, confidence), "Tango score", estimate)
+        bound = tango_upper(worse, better, n, confidence)
+        return Bound(bound, "Tango score", estimate, (worse / n, better / n))
     rng = random.Random(zlib.crc32(seed.encode()))
     means = sorted(math.fsum(rng.choices(degradation, k=n)) / n for _ in range(BOOTSTRAP_RESAMPLES))
     index = min(len(means) - 1, max(0, math.ceil(confidence * len(means)) - 1))
@@ -284,8 +286,7 @@ def _rows_needed(degradation: Sequence[float], rule: NoRegression, bound: Bound)
             "within tolerance"
         )
     if bound.method == "Tango score":
-        worse = math.fsum(max(0.0, d) for d in degradation) / n
-        better = math.fsum(max(0.0, -d) for d in degradation) / n
+        worse, better = bound.discordance
 
         def fits(rows: int) -> bool:
             return tango_upper(worse * rows, better * rows, rows, rule.confidence) <= rule.tolerance

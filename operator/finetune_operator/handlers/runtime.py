@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_api.base import API_VERSION
-from finetune_api.errors import PermanentError, TemporaryError
+from finetune_api.errors import TemporaryError
 from finetune_api.v1alpha1 import ConditionType, FineTuneJob, Reason
 from finetune_operator.handlers import parse
 from finetune_operator.handlers.observe import Indexes, Observer
@@ -195,16 +195,11 @@ class Runtime:
                 decision = self.reconcile(await self.observer.observe(job, indexes), self.observer.settings)
             decision = _recovered(decision, job, _now())
             return decision.requeue_after, await act(decision, job, self.kube, logger)
-        except (KubeError, PermanentError) as err:
-            invalid = isinstance(err, PermanentError) or err.status == 422
-            if not invalid or problem is not None:
+        except KubeError as err:
+            if err.status != 422 or problem is not None:
                 raise
-            # a child the spec makes invalid, or a rule the run plan refuses: the user must act
-            message = (
-                err.message
-                if isinstance(err, PermanentError)
-                else f"the API server refused a child object: {err.message}"
-            )
+            # a child the spec makes invalid (reconcile has already turned PermanentErrors into Failed)
+            message = f"the API server refused a child object: {err.message}"
             return None, await act(invalid_spec(job, message, _now()), job, self.kube, logger)
 
     async def _loop(self, worker: Worker, key: tuple[str, str], logger: JobLog, indexes: Indexes) -> None:
