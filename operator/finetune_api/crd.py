@@ -231,15 +231,27 @@ def render(crd: Schema) -> str:
     return HEADER + body
 
 
+def all_files() -> dict[str, str]:
+    """File name -> text of everything `make crds` writes: the CRDs and the approval admission policy."""
+    from finetune_api import admission  # noqa: PLC0415 - imports the registry, which imports this module
+
+    files = {name: render(crd) for name, crd in all_crds().items()}
+    body = "---\n".join(
+        yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False, width=100, allow_unicode=True)
+        for doc in admission.manifests()
+    )
+    files[admission.POLICY_FILE] = HEADER + body
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_api.crd", description=__doc__.split("\n")[0])
     parser.add_argument("directory", nargs="?", default="crds", type=Path)
     parser.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     args = parser.parse_args(argv)
     stale = []
-    for filename, crd in all_crds().items():
+    for filename, text in all_files().items():
         target = args.directory / filename
-        text = render(crd)
         if args.check:
             if not target.exists() or target.read_text() != text:
                 stale.append(str(target))

@@ -4,7 +4,8 @@ The evaluate pod writes, under its run's staging prefix (`run_layout.StagingLayo
 first (`eval_examples`: prompt, both replies, scores) and the report last (`eval_report`: an `EvalReport`,
 per suite the value, the baseline's and the per-example scores).
 
-`decide(spec, report)` turns a report into a `GateResult`, and fails closed: no report, an unreadable one, an
+`verdict_id` names a verdict by what it judged, for approvals to name it. `decide(spec, report)` turns a
+report into a `GateResult`, and fails closed: no report, an unreadable one, an
 evaluation error, a suite without a result, a metric that is not a finite number, a missing baseline where
 one is compared, or a seed that was not run, each fails the gate with a message that says which.
 
@@ -22,6 +23,7 @@ a decision is the same every time it is taken.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import statistics
@@ -65,11 +67,26 @@ class SuiteOutcome(ApiModel):
 
 class EvalReport(ApiModel):
     checkpoint: Uri | None = None
+    checkpoint_digest: ShortText | None = Field(
+        default=None, description="sha256 over the judged checkpoint's files (`tree_digest`)."
+    )
     baseline_model: Uri | None = None
     suites: Annotated[list[SuiteOutcome], Field(max_length=32)] = Field(default_factory=list)
     seconds: float = 0.0
     finished_at: datetime | None = None
     error: Text | None = Field(default=None, description="Why the evaluation as a whole failed, if it did.")
+
+
+def verdict_id(checkpoint: str, report: str) -> str:
+    """The id an approval names: a digest of what was judged (the checkpoint's digest, or its URI when the
+    report has none) and of the report's bytes, so a new checkpoint or a new evaluation is a new verdict."""
+    return "v-" + hashlib.sha256(f"{checkpoint}\n{report}".encode()).hexdigest()[:16]
+
+
+def tree_digest(files: Sequence[tuple[str, str]]) -> str:
+    """One digest for a folder from (relative path, sha256 hex) of each file, whatever their order."""
+    lines = "".join(f"{path}\t{sha}\n" for path, sha in sorted(files))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
 
 
 def decide(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from finetune_api.errors import PermanentError
-from finetune_api.gate import EvalReport, decide
+from finetune_api.gate import EvalReport, decide, verdict_id
 from finetune_api.hyperparameters import Resolved, resolve
 from finetune_api.promotion import MANIFEST, version_uri
 from finetune_api.run_layout import StagingLayout, best_step
@@ -220,13 +220,15 @@ class RunPlan:
         report: EvalReport | None,
         *,
         runner: str,
+        report_digest: str | None = None,
         unreadable: str | None = None,
         failed: str | None = None,
         at: datetime | None = None,
     ) -> GateResult:
         """The gate's verdict once `runner` (the evaluation Job or process) has finished: on `report`, or
         failing closed with why there is none usable (`unreadable`: the report exists but cannot be read;
-        `failed`: the runner failed; neither: it wrote no report)."""
+        `failed`: the runner failed; neither: it wrote no report). With the report's bytes' digest, the
+        verdict gets its id (`gate.verdict_id`), which an approval must name."""
         problem = unreadable
         if problem is None and failed is not None:
             problem = f"{runner} failed: {failed}"
@@ -235,6 +237,9 @@ class RunPlan:
         result = decide(gate, report if problem is None else None, problem=problem, at=at)
         if report is not None:
             result.report_uri = self.layout.eval_report
+            if report_digest is not None:
+                judged = report.checkpoint_digest or report.checkpoint or self.layout.eval_report
+                result.verdict_id = verdict_id(judged, report_digest)
         return result
 
 

@@ -9,7 +9,8 @@ checked as the API server would check it, then:
     train      `train`, with the holdout scored before and after (`score-holdout`) when there is one
     evaluate   with an `evalGateRef` (the EvalGate must be in the same file): `evaluate` on the plan's
                candidate checkpoint, and the plan's verdict, exactly as the operator decides it
-    approve    a gate that requires approval needs `--approve NAME`, the local approved-by annotation
+    approve    a gate that requires approval needs `--approve NAME`; no API server vouches for a local
+               name, so the record (status, model card) says "NAME (local run, not authenticated)"
     promote    `promote` to the plan's version under `--output` (by default
                `<workdir>/<namespace>/<name>/promoted/`; a laptop run never writes to an s3:// outputUri)
 
@@ -20,6 +21,7 @@ not given), 1 an error, 3 the gate rejected the candidate.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -237,16 +239,23 @@ def _gate(run: LocalRun, contract: TrainContract, gate: EvalGate, *, approve: st
     code = run.trainer(
         "evaluate", plan.evaluate_contract(contract, gate, step), "--workdir", str(run.scratch)
     )
-    report, unreadable = None, None
+    report, unreadable, digest = None, None, None
     try:
-        report = EvalReport.model_validate_json(report_file.read_bytes())
+        body = report_file.read_bytes()
+        report, digest = EvalReport.model_validate_json(body), hashlib.sha256(body).hexdigest()
     except OSError:
         pass  # no report: the verdict says the evaluation wrote none
     except ValidationError as err:
         unreadable = f"{report_file} is unreadable: {err}"
     failed = f"exit {code}" if code != 0 else None
     result = plan.verdict(
-        gate.spec, report, runner="evaluate", unreadable=unreadable, failed=failed, at=datetime.now(UTC)
+        gate.spec,
+        report,
+        runner="evaluate",
+        report_digest=digest,
+        unreadable=unreadable,
+        failed=failed,
+        at=datetime.now(UTC),
     )
     for metric in result.metrics:
         print(f"  {'pass' if metric.passed else 'FAIL'}  {metric.suite}: {metric.message}")
@@ -256,9 +265,16 @@ def _gate(run: LocalRun, contract: TrainContract, gate: EvalGate, *, approve: st
     approval = None
     if gate.spec.require_approval:
         if not approve:
-            print("gate passed; it requires approval: run again with --approve NAME to promote")
+            print(
+                f"gate passed (verdict {result.verdict_id}); it requires approval: run again with --approve NAME"
+            )
             return 0
-        approval = Approval(decision="Approved", by=approve, at=datetime.now(UTC))
+        approval = Approval(
+            decision="Approved",
+            by=f"{approve} (local run, not authenticated)",
+            at=datetime.now(UTC),
+            verdict_id=result.verdict_id,
+        )
     promote = plan.promote_contract(contract, gate_name=name, result=result, approval=approval, step=step)
     manifest = Path(plan.manifest_uri)
     if not manifest.exists() and run.trainer("promote", promote) != 0:  # published once, never rewritten

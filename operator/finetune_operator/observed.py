@@ -54,6 +54,7 @@ class StorageObservation:
     checkpoints: tuple[CheckpointMarker, ...] = ()
     eval_report: EvalReport | None = None
     eval_problem: str | None = None  # the report exists but cannot be read: the gate fails closed
+    eval_report_digest: str | None = None  # sha256 of the report's bytes, part of the verdict's id
     promoted_digest: str | None = None  # sha256 of the promoted version's manifest, once it exists
     error: str | None = None  # S3 unreachable or refusing: decisions that need it wait
 
@@ -73,6 +74,9 @@ class Observed:
     promotion: JobObservation | None = None
     gate: EvalGate | None = None  # the referenced EvalGate, looked up only once training is complete
     gate_problem: str | None = None  # why `gate` is None: not found, or a spec the models refuse
+    # Why approvals cannot be trusted now (the admission policies that check who approves are missing);
+    # None when they are installed. Unobserved counts as missing: approvals fail closed.
+    approval_policy_problem: str | None = "the approval admission policies were not observed"
 
 
 @dataclass(frozen=True)

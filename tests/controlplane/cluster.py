@@ -137,9 +137,19 @@ def make_pki(directory: Path) -> dict[str, Path]:
 
     paths = {
         name: directory / name
-        for name in ("ca.crt", "serving.crt", "serving.key", "admin.crt", "admin.key", "sa.key", "sa.pub")
+        for name in (
+            "ca.crt",
+            "ca.key",
+            "serving.crt",
+            "serving.key",
+            "admin.crt",
+            "admin.key",
+            "sa.key",
+            "sa.pub",
+        )
     }
     paths["ca.crt"].write_bytes(_pem(ca))
+    _write_key(paths["ca.key"], ca_key)
     paths["serving.crt"].write_bytes(_pem(serving))
     _write_key(paths["serving.key"], serving_key)
     paths["admin.crt"].write_bytes(_pem(admin))
@@ -153,7 +163,25 @@ def make_pki(directory: Path) -> dict[str, Path]:
     return paths
 
 
-def write_kubeconfig(path: Path, server: str, pki: dict[str, Path]) -> None:
+def client_certificate(pki: dict[str, Path], user: str, groups: tuple[str, ...], directory: Path) -> Path:
+    """A client certificate (CN the user, O each group) signed by the test CA; returns its folder, which
+    holds `tls.crt` and `tls.key`. The API server authenticates whoever presents it as that user."""
+    ca_key = serialization.load_pem_private_key(pki["ca.key"].read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_name = x509.load_pem_x509_certificate(pki["ca.crt"].read_bytes()).subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+    subject.append(x509.NameAttribute(NameOID.COMMON_NAME, user))
+    cert = _cert(x509.Name(subject), key, ca_name, ca_key, usage=[x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(_pem(cert))
+    _write_key(directory / "tls.key", key)
+    return directory
+
+
+def write_kubeconfig(path: Path, server: str, pki: dict[str, Path], user: Path | None = None) -> None:
+    """A kubeconfig for this control plane, as admin (system:masters) or as the `user` certificate folder."""
+    crt, key = (pki["admin.crt"], pki["admin.key"]) if user is None else (user / "tls.crt", user / "tls.key")
     path.write_text(
         f"""apiVersion: v1
 kind: Config
@@ -165,8 +193,8 @@ clusters:
 users:
 - name: admin
   user:
-    client-certificate: {pki["admin.crt"]}
-    client-key: {pki["admin.key"]}
+    client-certificate: {crt}
+    client-key: {key}
 contexts:
 - name: finetune-test
   context: {{cluster: finetune-test, user: admin, namespace: default}}
@@ -305,9 +333,20 @@ class ControlPlane:
             "--audit-log-format=json",
         ]
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run the pinned kubectl against this control plane; the result is returned, not checked."""
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig that authenticates as `user` in `groups` (a client certificate of the test CA)."""
+        slug = user.replace(":", "_").replace("/", "_")
+        folder = client_certificate(self.pki, user, groups, self.workdir / "users" / slug)
+        path = folder / "kubeconfig"
+        write_kubeconfig(path, self.server, self.pki, user=folder)
+        return path
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, kubeconfig: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this control plane (as admin, or with `kubeconfig`); the result
+        is returned, not checked."""
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
         return subprocess.run(
             [KUBECTL, *args], input=stdin, env=env, capture_output=True, text=True, check=False, timeout=120
         )

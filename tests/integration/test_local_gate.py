@@ -123,7 +123,12 @@ def manifests(tiny: Path, data: Path, *, judged: bool) -> list[dict[str, Any]]:
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "EvalGate",
         "metadata": {"name": "local-release"},
-        "spec": {"suites": suites, "noRegression": {"enabled": False}, "requireApproval": True},
+        "spec": {
+            "suites": suites,
+            "noRegression": {"enabled": False},
+            "requireApproval": True,
+            "approvers": {"users": ["alice"]},
+        },
     }
     return [job, gate]
 

@@ -33,6 +33,7 @@ def step(
     ftj: FineTuneJob,
     evalgate: EvalGate | None = None,
     storage: dict[str, Any] | None = None,
+    policy_problem: str | None = None,
     **jobs: JobObservation,
 ) -> Decision:
     observed = Observed(
@@ -43,6 +44,7 @@ def step(
         storage=StorageObservation(data_report=VALID, checkpoints=MARKERS, **(storage or {})),
         gate=evalgate,
         gate_problem=None if evalgate else "EvalGate support-release not found in namespace ml-platform",
+        approval_policy_problem=policy_problem,
         **jobs,
     )
     decision = reconcile(observed, SETTINGS)
@@ -81,18 +83,28 @@ PASSING = [
 ]
 
 
-def report(*replace: SuiteOutcome) -> EvalReport:
+def report(*replace: SuiteOutcome, checkpoint_digest: str | None = None) -> EvalReport:
     changed = {o.suite: o for o in replace}
     suites = [changed.get(o.suite, o) for o in PASSING]
     for o in suites:
         o.seed_values = [o.value or 0.0] * 3
-    return EvalReport(suites=suites)
+    return EvalReport(suites=suites, checkpoint_digest=checkpoint_digest)
+
+
+REPORT_DIGEST = "5e" * 32
 
 
 def evaluated(ftj: FineTuneJob, evalgate: EvalGate, result: EvalReport | None, **storage: Any) -> Decision:
     step(ftj, evalgate)
     finished = JobObservation("support-assistant-sft-evaluate", outcome="Complete")
-    return step(ftj, evalgate, {"eval_report": result, **storage}, evaluation=finished)
+    read = {"eval_report": result, "eval_report_digest": REPORT_DIGEST, **storage}
+    return step(ftj, evalgate, read, evaluation=finished)
+
+
+def approve(ftj: FineTuneJob, verdict: str, by: str = "alice", decision: str = "approve") -> None:
+    """What an approver's `kubectl annotate` leaves on the job (the admission policy checked `by`)."""
+    by_key = "finetune.dev/approved-by" if decision == "approve" else "finetune.dev/rejected-by"
+    ftj.metadata.annotations |= {f"finetune.dev/{decision}": verdict, by_key: by}
 
 
 def test_training_complete_starts_the_evaluation_of_the_best_checkpoint() -> None:
@@ -127,25 +139,28 @@ def test_a_missing_gate_is_waited_for_and_told_once() -> None:
     assert not step(ftj, None).events
 
 
-def test_a_passing_gate_waits_for_approval_then_promotes_then_succeeds() -> None:
+def test_a_passing_gate_waits_for_approval_of_its_verdict_then_promotes_then_succeeds() -> None:
     ftj = job()
-    decision = evaluated(ftj, gate(), report())
+    decision = evaluated(ftj, gate(), report(checkpoint_digest="sha256:" + "c4" * 32))
     assert decision.status.gate.verdict == "Passed"
+    verdict = decision.status.gate.verdict_id
+    assert verdict is not None and verdict.startswith("v-")
     assert decision.status.gate.report_uri.endswith("/eval/report.json")
     assert decision.status.phase == "AwaitingApproval"
     assert conditions(decision)["GatePassed"] == ("True", "GatePassed")
     assert conditions(decision)["Approved"] == ("Unknown", "ApprovalPending")
-    assert "finetune.dev/approved-by=<name>" in decision.events[0].message
+    assert f"finetune.dev/approve={verdict}" in decision.events[0].message
     history = decision.gate_status.history
     assert [(e.job, e.verdict) for e in history] == [("support-assistant-sft", "Passed")]
     assert history[0].metrics["holdout-exact/exact_match"] == 0.41, history[0].metrics
     assert decision.gate_resource_version == "41"
     assert not created(decision, "Job")
+    assert not step(ftj, gate()).events  # waiting says it once
 
-    ftj.metadata.annotations["finetune.dev/approved-by"] = "alice"
+    approve(ftj, verdict)
     ftj.metadata.annotations["finetune.dev/approval-comment"] = "release 3"
     approved = step(ftj, gate())
-    assert approved.status.approval.by == "alice"
+    assert (approved.status.approval.by, approved.status.approval.verdict_id) == ("alice", verdict)
     assert approved.status.approval.at == NOW
     assert approved.status.phase == "Promoting"
     (promote,) = created(approved, "Job")
@@ -154,7 +169,7 @@ def test_a_passing_gate_waits_for_approval_then_promotes_then_succeeds() -> None
     target = contract(promote)["promotion"]
     assert target["versionUri"] == "s3://models-prod/support-assistant/v3/support-assistant-sft-0a1b2c3d/"
     assert target["gate"]["verdict"] == "Passed"
-    assert target["approval"]["by"] == "alice"
+    assert (target["approval"]["by"], target["approval"]["verdictId"]) == ("alice", verdict)
 
     done = JobObservation("support-assistant-sft-promote", outcome="Complete")
     digest = "sha256:" + "ab" * 32
@@ -166,15 +181,59 @@ def test_a_passing_gate_waits_for_approval_then_promotes_then_succeeds() -> None
     assert succeeded.requeue_after is None
 
 
-def test_a_reviewer_can_reject_a_passing_candidate() -> None:
+def test_the_verdict_id_changes_with_the_checkpoint_and_with_the_report() -> None:
+    ids = set()
+    for checkpoint, digest in [("c4", REPORT_DIGEST), ("c5", REPORT_DIGEST), ("c4", "77" * 32)]:
+        decision = evaluated(
+            job(), gate(), report(checkpoint_digest="sha256:" + checkpoint * 32), eval_report_digest=digest
+        )
+        ids.add(decision.status.gate.verdict_id)
+    assert len(ids) == 3
+
+
+def test_an_approval_of_another_verdict_is_ignored_and_says_why_once() -> None:
     ftj = job()
-    evaluated(ftj, gate(), report())
-    ftj.metadata.annotations["finetune.dev/rejected-by"] = "bob"
+    approve(ftj, "v-0123456789abcdef")  # committed with the manifest, or left from an earlier run
+    decision = evaluated(ftj, gate(), report())
+    verdict = decision.status.gate.verdict_id
+    assert decision.status.phase == "AwaitingApproval"
+    assert decision.status.approval is None
+    assert conditions(decision)["Approved"] == ("Unknown", "ApprovalIgnored")
+    (event,) = [e for e in decision.events if e.reason == "ApprovalIgnored"]
+    assert event.type == "Warning"
+    assert "names verdict v-0123456789abcdef, not this job's verdict " + verdict in event.message
+    assert not created(decision, "Job")
+    assert not step(ftj, gate()).events
+
+    approve(ftj, verdict)
+    assert step(ftj, gate()).status.phase == "Promoting"
+
+
+def test_a_reviewer_can_reject_the_verdict() -> None:
+    ftj = job()
+    verdict = evaluated(ftj, gate(), report()).status.gate.verdict_id
+    approve(ftj, verdict, by="bob", decision="reject")
     decision = step(ftj, gate())
     assert decision.status.phase == "Rejected"
-    assert decision.status.approval.decision == "Rejected"
+    assert (decision.status.approval.decision, decision.status.approval.by) == ("Rejected", "bob")
     assert conditions(decision)["Approved"] == ("False", "RejectedByReviewer")
     assert not created(decision, "Job")
+
+
+def test_no_approval_is_accepted_while_the_admission_policies_are_missing() -> None:
+    ftj = job()
+    verdict = evaluated(ftj, gate(), report()).status.gate.verdict_id
+    approve(ftj, verdict)
+    missing = "ValidatingAdmissionPolicyBinding approvals.finetune.dev is not installed"
+    decision = step(ftj, gate(), policy_problem=missing)
+    assert decision.status.phase == "AwaitingApproval"
+    assert decision.status.approval is None
+    assert conditions(decision)["Approved"] == ("Unknown", "ApprovalsUnenforced")
+    assert missing in decision.events[0].message
+    assert not created(decision, "Job")
+    gone = step(ftj, None)  # nor while the gate, whose approvers the policy checks, is gone
+    assert conditions(gone)["Approved"] == ("Unknown", "ApprovalsUnenforced")
+    assert step(ftj, gate()).status.phase == "Promoting"
 
 
 def test_without_required_approval_a_passing_gate_goes_straight_to_promotion() -> None:

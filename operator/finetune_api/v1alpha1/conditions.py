@@ -72,6 +72,8 @@ class Reason(StrEnum):
     EVALUATION_RUNNING = "EvaluationRunning"
     GATE_PASSED = "GatePassed"
     APPROVAL_PENDING = "ApprovalPending"
+    APPROVAL_IGNORED = "ApprovalIgnored"  # an approval that names another verdict (or none yet)
+    APPROVALS_UNENFORCED = "ApprovalsUnenforced"  # approvals cannot be trusted: policy or gate missing
     APPROVED = "Approved"
     PROMOTION_RUNNING = "PromotionRunning"
     PROMOTED = "Promoted"

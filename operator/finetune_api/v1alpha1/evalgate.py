@@ -2,7 +2,8 @@
 
 A gate fails closed: a missing metric, an evaluation error or an unreadable result is a failed gate. The
 spec names suites (dataset + metric + threshold), a no-regression rule against a baseline, optional seeds
-for a variance check and whether a human must approve. The status keeps a bounded evaluation history.
+for a variance check, whether a human must approve and who may (`approvers`). The status keeps a bounded
+evaluation history.
 """
 
 from __future__ import annotations
@@ -147,6 +148,18 @@ class NoRegression(ApiModel):
     )
 
 
+class Approvers(ApiModel):
+    """Who may approve or reject a job judged by this gate, as the API server authenticates them (the
+    generated ValidatingAdmissionPolicy in crds/ enforces it; the operator refuses approvals without it)."""
+
+    users: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=64)] = Field(
+        default_factory=list, description="User names, exactly as request.userInfo.username."
+    )
+    groups: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=64)] = (
+        Field(default_factory=list, description="Groups, any of which lets its members approve.")
+    )
+
+
 class EvaluationRuntime(ApiModel):
     resources: Resources = Field(default_factory=Resources)
     timeout: Duration = "2h"
@@ -164,6 +177,7 @@ class EvalGateSpec(ApiModel):
     )
     max_seed_std_dev: Annotated[float, Field(ge=0.0)] = 0.05
     require_approval: bool = False
+    approvers: Approvers = Field(default_factory=Approvers)
     evaluation: EvaluationRuntime = Field(default_factory=EvaluationRuntime)
 
     cel_rules = (
@@ -172,6 +186,14 @@ class EvalGateSpec(ApiModel):
             "self.noRegression.suites.all(n, self.suites.exists(s, s.name == n))",
             "noRegression.suites must name suites of this gate",
             field_path=".noRegression.suites",
+        ),
+        Rule(
+            "!has(self.requireApproval) || !self.requireApproval || (has(self.approvers) && "
+            "((has(self.approvers.users) && size(self.approvers.users) > 0) || "
+            "(has(self.approvers.groups) && size(self.approvers.groups) > 0)))",
+            "requireApproval needs approvers: the users or groups who may approve (nobody else can)",
+            field_path=".approvers",
+            reason="FieldValueRequired",
         ),
         Rule(
             "!has(self.seeds) || size(self.seeds) != 1",

@@ -60,22 +60,40 @@ class MetricResult(ApiModel):
 
 class GateResult(ApiModel):
     verdict: Verdict
+    verdict_id: ShortText | None = Field(
+        default=None,
+        description="Names this verdict (from the judged checkpoint's digest and the report's); an approval "
+        "names it.",
+    )
     metrics: Annotated[list[MetricResult], Field(max_length=64)] = Field(default_factory=list)
     report_uri: Uri | None = None
     evaluated_at: datetime | None = None
 
 
-# A reviewer approves or rejects a FineTuneJob whose gate requires approval by annotating it, e.g.
-# `kubectl annotate ftj NAME finetune.dev/approved-by=alice`; the operator records who and when in status.
+# A reviewer approves or rejects the verdict a FineTuneJob's gate gave, when the gate requires approval, by
+# annotating the job with the verdict's id and their own user name, e.g.
+#   kubectl annotate ftj NAME finetune.dev/approve=<status.gate.verdictId> finetune.dev/approved-by=alice
+# The generated ValidatingAdmissionPolicy (crds/approval-policy.yaml) lets only the gate's approvers set
+# these annotations, and only with their own name; the operator records who, when and which verdict.
+APPROVE_ANNOTATION = f"{GROUP}/approve"
 APPROVED_BY_ANNOTATION = f"{GROUP}/approved-by"
+REJECT_ANNOTATION = f"{GROUP}/reject"
 REJECTED_BY_ANNOTATION = f"{GROUP}/rejected-by"
 APPROVAL_COMMENT_ANNOTATION = f"{GROUP}/approval-comment"
+APPROVAL_ANNOTATIONS = (
+    APPROVE_ANNOTATION,
+    APPROVED_BY_ANNOTATION,
+    REJECT_ANNOTATION,
+    REJECTED_BY_ANNOTATION,
+    APPROVAL_COMMENT_ANNOTATION,
+)
 
 
 class Approval(ApiModel):
     decision: Literal["Approved", "Rejected"]
-    by: ShortText
+    by: ShortText = Field(description="The reviewer's user name, as the API server authenticated it.")
     at: datetime
+    verdict_id: ShortText | None = Field(default=None, description="The verdict approved or rejected.")
     comment: Text | None = None
 
 
@@ -105,10 +123,13 @@ class FineTuneJobStatus(ApiModel):
 
 
 __all__ = [
+    "APPROVAL_ANNOTATIONS",
     "APPROVAL_COMMENT_ANNOTATION",
     "APPROVED_BY_ANNOTATION",
+    "APPROVE_ANNOTATION",
     "MAX_CHECKPOINTS",
     "REJECTED_BY_ANNOTATION",
+    "REJECT_ANNOTATION",
     "Approval",
     "CheckpointRecord",
     "DataReport",

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from finetune_api.admission import POLICIES, POLICY_FILE
 from finetune_api.plan import RunPlan
 from finetune_api.v1alpha1 import FineTuneJob
 from finetune_operator.builders.names import evaluation_job_name, promotion_job_name, validation_job_name
@@ -22,6 +23,7 @@ from finetune_operator.settings import Settings
 from finetune_operator.storage.s3 import S3Target, observe_run
 
 SECRET_TTL = 60.0
+POLICY_TTL = 60.0  # how long the approval policies' presence is trusted before it is read again
 # The watch-fed indexes (handlers.registrations), by name: (namespace, job name) -> observations.
 INDEXES = ("child_jobs", "child_pods", "child_configs", "child_services")
 Indexes = Mapping[str, Mapping[Any, Any]]
@@ -34,6 +36,25 @@ class Observer:
     kube: KubeClient
     settings: Settings
     secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = field(default_factory=dict)
+    policy: tuple[float, str | None] | None = None  # (read at, problem) of the approval policies
+
+    async def approval_policy_problem(self) -> str | None:
+        """Why approvals cannot be trusted now: an approval policy or its binding is missing (or cannot be
+        read); None when all are installed. Cached for POLICY_TTL."""
+        if self.policy is not None and time.monotonic() - self.policy[0] < POLICY_TTL:
+            return self.policy[1]
+        problem = None
+        try:
+            for name in POLICIES:
+                for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+                    if await self.kube.get(kind, "", name) is None:
+                        problem = problem or f"{kind} {name} is not installed"
+        except KubeError as err:
+            problem = f"cannot read the approval policies: {err}"
+        if problem is not None:
+            problem += f" (apply crds/{POLICY_FILE}: without it anyone could approve under any name)"
+        self.policy = (time.monotonic(), problem)
+        return problem
 
     async def s3_target(self, job: FineTuneJob) -> S3Target:
         """Where and as whom to read the job's staging: its Secret's keys, or the pod's own identity."""
@@ -65,12 +86,15 @@ class Observer:
         name = job.metadata.name
         training = tuple(j for j in jobs if j.attempt is not None)
         gate = problem = None
+        policy_problem: str | None = "not needed yet"
         ref = job.spec.eval_gate_ref
         if ref is not None and any(j.outcome == JobOutcome.COMPLETE for j in training):
             namespace = job.metadata.namespace or ""  # only once there is a checkpoint to judge
             gate, problem = parse.evalgate(
                 await self.kube.get("EvalGate", namespace, ref.name), ref.name, namespace
             )
+            if gate is None or gate.spec.require_approval:
+                policy_problem = await self.approval_policy_problem()
         observed = Observed(
             job=job,
             now=dt.datetime.now(dt.UTC),
@@ -83,6 +107,7 @@ class Observer:
             promotion=next((j for j in jobs if j.name == promotion_job_name(name)), None),
             gate=gate,
             gate_problem=problem,
+            approval_policy_problem=policy_problem,
         )
         reads = storage_reads(observed)
         if not reads:

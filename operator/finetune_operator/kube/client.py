@@ -29,6 +29,12 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
     **{names.kind: (f"/apis/{API_VERSION}", names.plural) for _, names in API_RESOURCES},
+    # cluster-scoped (namespace ""): the approval policies' presence is what makes approvals trustworthy
+    "ValidatingAdmissionPolicy": ("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies"),
+    "ValidatingAdmissionPolicyBinding": (
+        "/apis/admissionregistration.k8s.io/v1",
+        "validatingadmissionpolicybindings",
+    ),
 }
 
 
@@ -63,7 +69,8 @@ class KubeClient:
 
     def _url(self, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
         prefix, plural = RESOURCES[kind]
-        url = f"{self.server}{prefix}/namespaces/{namespace}/{plural}"
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        url = f"{self.server}{prefix}{scope}/{plural}"
         if name:
             url += f"/{name}"
         if sub:

@@ -3,10 +3,13 @@
 Evaluating: the evaluation Job scores the candidate (the run plan's `candidate`) and the baseline (the
     plan's `baseline`) on the gate's suites -> the plan's `verdict` (failing closed) in status and in
     the EvalGate's history; failed, or any error -> Rejected, nothing published
-AwaitingApproval (gate.requireApproval): until an approved-by or rejected-by annotation
+AwaitingApproval (gate.requireApproval): until an approval or a rejection of this verdict (its id) by
+    one of the gate's approvers, as the admission policies vouch; others are ignored with an Event
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from finetune_api.gate import failing
 from finetune_api.v1alpha1 import ConditionType, Phase, Reason
@@ -14,7 +17,9 @@ from finetune_api.v1alpha1.conditions import Verdict
 from finetune_api.v1alpha1.evalgate import MAX_HISTORY, EvalGate, EvalGateStatus, Evaluation
 from finetune_api.v1alpha1.finetunejob import (
     APPROVAL_COMMENT_ANNOTATION,
+    APPROVE_ANNOTATION,
     APPROVED_BY_ANNOTATION,
+    REJECT_ANNOTATION,
     REJECTED_BY_ANNOTATION,
     Approval,
     CheckpointRecord,
@@ -68,6 +73,7 @@ def _evaluate(step: Step, trained: Trained, gate_name: str) -> None:
             gate.spec,
             storage.eval_report,
             runner=f"job {evaluation.name}",
+            report_digest=storage.eval_report_digest,
             unreadable=storage.eval_problem,
             failed=failed,
             at=step.now,
@@ -85,7 +91,7 @@ def _evaluate(step: Step, trained: Trained, gate_name: str) -> None:
         verb = "failed" if failed_checks else "could not evaluate"
         step.reject(reason, f"EvalGate {gate_name} {verb}: {shown}")
         return
-    message = f"EvalGate {gate_name} passed ({len(result.metrics)} checks)"
+    message = f"EvalGate {gate_name} passed ({len(result.metrics)} checks); verdict {result.verdict_id}"
     step.condition(ConditionType.EVALUATED, "True", Reason.GATE_PASSED, message)
     step.condition(ConditionType.GATE_PASSED, "True", Reason.GATE_PASSED, message)
     step.decision.note(message)
@@ -136,34 +142,73 @@ def _history(step: Step, gate: EvalGate, result: GateResult, best: CheckpointRec
 
 def approve(step: Step) -> bool:
     """True once promotion may go ahead: no approval needed (`status.approval` stays unset), or a
-    reviewer approved; False while waiting for one, or after a rejection (then Rejected)."""
-    job, status, gate = step.job, step.decision.status, step.observed.gate
+    reviewer approved this verdict; False while waiting for one, or after a rejection (then Rejected).
+
+    An approval counts only when it names the current verdict (`status.gate.verdictId`) and the admission
+    policies that check who wrote it are installed (`finetune_api.admission`); any other is ignored and an
+    Event says why. Nothing is read from an approval but its verdict id, decision, name and comment."""
+    job, status, observed = step.job, step.decision.status, step.observed
     if status.approval is not None:
         return status.approval.decision == "Approved"
-    if gate is not None and not gate.spec.require_approval:
+    if observed.gate is not None and not observed.gate.spec.require_approval:
         return True  # (a gate that disappeared after passing still needs a reviewer: failing closed)
+    verdict = status.gate.verdict_id if status.gate is not None else None
     annotations = job.metadata.annotations
-    rejected, approved = annotations.get(REJECTED_BY_ANNOTATION), annotations.get(APPROVED_BY_ANNOTATION)
-    comment = annotations.get(APPROVAL_COMMENT_ANNOTATION)
-    if rejected:
-        status.approval = Approval(decision="Rejected", by=rejected[:256], at=step.now, comment=comment)
-        message = f"rejected by {rejected}" + (f": {comment}" if comment else "")
-        step.condition(ConditionType.APPROVED, "False", Reason.REJECTED_BY_REVIEWER, message)
-        step.reject(Reason.REJECTED_BY_REVIEWER, message)
-        return False
-    if approved:
-        status.approval = Approval(decision="Approved", by=approved[:256], at=step.now, comment=comment)
-        message = f"approved by {approved}" + (f": {comment}" if comment else "")
+    given = _given(annotations)
+    if observed.gate is None or observed.approval_policy_problem is not None:
+        why = observed.approval_policy_problem or observed.gate_problem or "its EvalGate is missing"
+        message = f"approvals cannot be checked, so none is accepted: {why}"
+        return _wait(step, Reason.APPROVALS_UNENFORCED, message, warning=True)
+    if given is not None and verdict is not None and given[1] == verdict and given[2]:
+        decision, _, by = given
+        comment = annotations.get(APPROVAL_COMMENT_ANNOTATION)
+        status.approval = Approval(
+            decision=decision, by=by[:256], at=step.now, verdict_id=verdict, comment=comment
+        )
+        message = f"verdict {verdict} {decision.lower()} by {by}" + (f": {comment}" if comment else "")
+        if decision == "Rejected":
+            step.condition(ConditionType.APPROVED, "False", Reason.REJECTED_BY_REVIEWER, message)
+            step.reject(Reason.REJECTED_BY_REVIEWER, message)
+            return False
         step.condition(ConditionType.APPROVED, "True", Reason.APPROVED, message)
         step.decision.note(message, keep=True)
         return True
-    if status.phase != Phase.AWAITING_APPROVAL:
+    how = (
+        f"annotate with {APPROVE_ANNOTATION}={verdict} and {APPROVED_BY_ANNOTATION}=<your user name> to "
+        f"promote, or {REJECT_ANNOTATION}={verdict} and {REJECTED_BY_ANNOTATION}=<your user name> to reject"
+    )
+    if given is not None:
+        decision, named, _ = given
+        what = "approval" if decision == "Approved" else "rejection"
         message = (
-            f"the gate passed and requires approval: annotate with {APPROVED_BY_ANNOTATION}=<name> to "
-            f"promote or {REJECTED_BY_ANNOTATION}=<name> to reject"
+            f"ignored: the {what} names verdict {named or '(none)'}, "
+            f"not this job's verdict {verdict}; an approval given before the verdict, or for an earlier one, "
+            f"does not carry over; {how}"
+            if named != verdict
+            else f"ignored: the {what} of verdict {verdict} does not say who gave it; {how}"
         )
-        step.condition(ConditionType.APPROVED, "Unknown", Reason.APPROVAL_PENDING, message)
-        step.event(Reason.APPROVAL_PENDING, message)
+        return _wait(step, Reason.APPROVAL_IGNORED, message, warning=True)
+    return _wait(step, Reason.APPROVAL_PENDING, f"the gate passed and requires approval: {how}")
+
+
+def _given(annotations: dict[str, str]) -> tuple[Literal["Approved", "Rejected"], str, str] | None:
+    """The decision the annotations carry: (decision, verdict id named, by); a rejection wins."""
+    for decision, key, by in (
+        ("Rejected", REJECT_ANNOTATION, REJECTED_BY_ANNOTATION),
+        ("Approved", APPROVE_ANNOTATION, APPROVED_BY_ANNOTATION),
+    ):
+        if annotations.get(key) or annotations.get(by):
+            return decision, annotations.get(key, ""), annotations.get(by, "")  # type: ignore[return-value]
+    return None
+
+
+def _wait(step: Step, reason: Reason, message: str, *, warning: bool = False) -> bool:
+    """AwaitingApproval with the Approved condition saying why; the Event only when that changes."""
+    status = step.decision.status
+    previous = st.condition(status.conditions, ConditionType.APPROVED)
+    if previous is None or (previous.reason, previous.message) != (reason, message):
+        step.event(reason, message, warning=warning)
+    step.condition(ConditionType.APPROVED, "Unknown", reason, message)
     status.phase = Phase.AWAITING_APPROVAL
-    step.wait()  # the annotation is a change of the object itself, which wakes the loop
+    step.wait()  # an annotation is a change of the object itself, which wakes the loop
     return False

@@ -8,6 +8,7 @@ in a worker thread.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -94,7 +95,10 @@ def _eval_report(client: Any, bucket: str, key: str) -> dict[str, Any]:
     if body is None:
         return {}
     try:
-        return {"eval_report": EvalReport.model_validate_json(body)}
+        return {
+            "eval_report": EvalReport.model_validate_json(body),
+            "eval_report_digest": hashlib.sha256(body).hexdigest(),
+        }
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(map(str, first["loc"])) or "the document"
