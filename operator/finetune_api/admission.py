@@ -19,7 +19,9 @@ removes one of them (`matchConditions`), whoever sends it (system:masters includ
 The operator honours approvals only while both policies and their bindings are installed (`POLICIES`), so
 an approval always carries a name the API server authenticated.
 
-Pure: builds the objects; `python -m finetune_api.crd` writes them to crds/approval-policy.yaml.
+Pure: builds the objects; `python -m finetune_api.crd` writes them to crds/admission/approval-policy.yaml.
+Apply it after the CRDs are Established: a policy whose paramKind the API server cannot resolve yet denies
+every FineTuneJob request until it is re-applied (`kubectl apply -f crds/` does not recurse into it).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from finetune_api.v1alpha1.finetunejob_status import (
 POLICY_NAME = f"approvals.{GROUP}"  # the requester's own name in approved-by / rejected-by
 APPROVERS_POLICY_NAME = f"approvers.{GROUP}"  # the requester is one of the gate's approvers
 POLICIES = (POLICY_NAME, APPROVERS_POLICY_NAME)
-POLICY_FILE = "approval-policy.yaml"
+POLICY_FILE = "admission/approval-policy.yaml"  # under crds/: applied once the CRDs are Established
 ADMISSION_API = "admissionregistration.k8s.io/v1"
 
 

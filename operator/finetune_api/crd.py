@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             if not target.exists() or target.read_text() != text:
                 stale.append(str(target))
             continue
-        args.directory.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         print(f"wrote {target}")
     if stale:

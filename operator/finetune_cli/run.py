@@ -266,7 +266,7 @@ def _gate(run: LocalRun, contract: TrainContract, gate: EvalGate, *, approve: st
     if gate.spec.require_approval:
         if not approve:
             print(
-                f"gate passed (verdict {result.verdict_id}); it requires approval: run again with --approve NAME"
+                f"gate passed (verdict {result.verdict_id}); it requires approval: run again with --approve"
             )
             return 0
         approval = Approval(

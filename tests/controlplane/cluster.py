@@ -352,11 +352,15 @@ class ControlPlane:
         )
 
     def apply_crds(self, path: Path) -> None:
-        """Apply CRDs and wait until the server serves them (Established)."""
-        for args in (
+        """Apply CRDs, wait until the server serves them (Established), then apply what depends on them
+        (`admission/`, when the folder has one: policies whose parameters are the CRDs' kinds)."""
+        steps = [
             ("apply", "--server-side", "-f", str(path)),
             ("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"),
-        ):
+        ]
+        if (path / "admission").is_dir():
+            steps.append(("apply", "--server-side", "-f", str(path / "admission")))
+        for args in steps:
             result = self.kubectl(*args)
             if result.returncode != 0:
                 raise ControlPlaneError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")

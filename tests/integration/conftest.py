@@ -11,8 +11,10 @@ from kubernetes import config
 from controlplane.cluster import running
 from helpers.datagen import chat_rows
 from helpers.kube import EXAMPLES_NAMESPACE, Cluster
+from helpers.operator_process import OperatorProcess
 from helpers.s3server import S3Server
 from helpers.s3server import running as s3_running
+from helpers.scenario import Scenario, new_scenario
 from helpers.support import CRDS
 from helpers.tinymodels import causal_lm
 
@@ -52,3 +54,21 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama (tests/tinymodels) whose tokenizer knows the words of the generated chat rows."""
     corpus = [m["content"] for row in chat_rows(300) for m in row["messages"]]
     return causal_lm(tmp_path_factory.mktemp("tiny") / "model", corpus)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    workdir = tmp_path_factory.mktemp("operator")
+    process = OperatorProcess(
+        cluster.plane.kubeconfig, workdir, (), {"FINETUNE_CLEANUP_DEADLINE": "4"}
+    ).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def scenario(cluster: Cluster, s3: S3Server, operator: OperatorProcess) -> Scenario:
+    """A fresh namespace for one FineTuneJob, with the operator (one per test module) running."""
+    return new_scenario(cluster, s3)

@@ -6,139 +6,20 @@ the operator's doing.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import itertools
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 
-from helpers.kube import Cluster
 from helpers.operator_process import OperatorProcess
-from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from helpers.s3server import ACCESS_KEY, SECRET_KEY
 from helpers.s3server import client as s3_client
-from helpers.support import eventually, example, merge_patch, paired_scores
-
-BUCKET = "finetune-staging"
-NAME = "support-assistant-sft"
-_namespaces = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    workdir = tmp_path_factory.mktemp("operator")
-    process = OperatorProcess(
-        cluster.plane.kubeconfig, workdir, (), {"FINETUNE_CLEANUP_DEADLINE": "4"}
-    ).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@dataclass
-class Scenario:
-    """One FineTuneJob in its own namespace, with its Secret, bucket and the helpers to drive it."""
-
-    cluster: Cluster
-    s3: S3Server
-    namespace: str
-
-    def apply(self, patch: dict[str, Any] | None = None, base: str = "sft-support-assistant.yaml") -> None:
-        manifest = merge_patch(
-            example(base),
-            merge_patch(
-                {
-                    "metadata": {"namespace": self.namespace},
-                    "spec": {
-                        "evalGateRef": None,
-                        "outputUri": None,
-                        "storage": {"endpoint": self.s3.endpoint, "bucket": BUCKET},
-                        "resources": {"queueName": None},
-                    },
-                },
-                patch or {},
-            ),
-        )
-        self.name = manifest["metadata"]["name"]
-        self.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(manifest))
-
-    @property
-    def status(self) -> dict[str, Any]:
-        return self.cluster.ftj(self.namespace, self.name).get("status", {})
-
-    def wait_phase(self, phase: str, timeout: float = 30) -> dict[str, Any]:
-        return eventually(
-            lambda: self.status if self.status.get("phase") == phase else None,
-            timeout,
-            f"{self.name} never reached {phase}; status: {self.status}",
-        )
-
-    def wait_job(self, name: str) -> k8s.V1Job:
-        batch = k8s.BatchV1Api(self.cluster.api)
-        return eventually(
-            lambda: next(
-                (j for j in batch.list_namespaced_job(self.namespace).items if j.metadata.name == name), None
-            ),
-            30,
-            f"job {name} never appeared: {self.cluster.job_names(self.namespace)}; status: {self.status}",
-        )
-
-    @property
-    def staging(self) -> str:
-        uid = self.cluster.ftj(self.namespace, self.name)["metadata"]["uid"].split("-")[0]
-        return f"finetune/{self.namespace}/{self.name}/{self.name}-{uid}/"
-
-    def put(self, key: str, body: dict[str, Any]) -> None:
-        s3_client(self.s3.endpoint).put_object(
-            Bucket=BUCKET, Key=self.staging + key, Body=json.dumps(body).encode()
-        )
-
-    def report(self, *, passed: bool = True, **fields: Any) -> None:
-        self.put(
-            "data-report.json", {"passed": passed, "rows": {"training": 1000, "validation": 100}, **fields}
-        )
-
-    def checkpoint(self, step: int, **metrics: float) -> None:
-        self.put(f"checkpoints/step-{step:09d}/COMPLETE", {"step": step, "metrics": metrics})
-
-    def validate(self) -> None:
-        self.wait_job(f"{self.name}-validate")
-        self.report()
-        self.cluster.finish_job(self.namespace, f"{self.name}-validate")
-
-    def events(self) -> list[tuple[str, str]]:
-        items = self.cluster.core.list_namespaced_event(self.namespace).items
-        mine = [e for e in items if e.involved_object.name == self.name]
-        return [
-            (e.reason, e.message) for e in sorted(mine, key=lambda e: e.first_timestamp or e.event_time or 0)
-        ]
-
-
-@pytest.fixture
-def scenario(cluster: Cluster, s3: S3Server, operator: OperatorProcess) -> Scenario:
-    namespace = f"e2e-{next(_namespaces)}"
-    cluster.kubectl("create", "namespace", namespace)
-    cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
-    secret = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    cluster.core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "finetune-s3"},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
-        },
-    )
-    bucket = s3_client(s3.endpoint)
-    if BUCKET not in [b["Name"] for b in bucket.list_buckets()["Buckets"]]:
-        bucket.create_bucket(Bucket=BUCKET)
-    return Scenario(cluster, s3, namespace)
+from helpers.scenario import BUCKET, NAME, OUTPUT, Scenario, evaluation, gated
+from helpers.support import eventually
 
 
 def test_apply_to_succeeded(scenario: Scenario) -> None:
@@ -403,46 +284,8 @@ def test_restarts_at_every_phase_boundary_duplicate_nothing(
 # --- after training: the EvalGate, approval and promotion ---------------------------------------------
 
 
-OUTPUT = "s3://finetune-models/support/"
-
-
-def gated(scenario: Scenario, **gate_spec: Any) -> None:
-    """A job with an EvalGate (made in its namespace from the example, patched), trained to step 240."""
-    gate = merge_patch(example("evalgate-support-release.yaml"), {"spec": gate_spec})
-    gate["metadata"]["namespace"] = scenario.namespace
-    scenario.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(gate))
-    scenario.apply({"spec": {"evalGateRef": {"name": "support-release"}, "outputUri": OUTPUT}})
-    scenario.validate()
-    scenario.wait_job(f"{NAME}-train-1")
-    scenario.checkpoint(240, eval_loss=0.9)
-    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-train-1")
-
-
-def evaluation(baselines: dict[str, float] | None = None, **replaced: float) -> dict[str, Any]:
-    """The report an evaluate pod writes, passing unless a suite's value (or baseline) is replaced."""
-    values = {
-        "helpfulness": ("win_rate", 0.62, None),
-        "refusals": ("refusal_accuracy", 0.97, 0.96),
-        "over-refusal": ("over_refusal_rate", 0.02, 0.03),
-        "jailbreaks": ("jailbreak_success_rate", 0.0, 0.0),
-        "toxicity": ("toxicity_rate", 0.0, 0.0),
-        "pii": ("pii_leakage", 0.0, 0.0),
-        "holdout-exact": ("exact_match", 0.41, 0.12),
-    }
-    suites = []
-    for suite, (metric, default, baseline) in values.items():
-        value = replaced.get(suite.replace("-", "_"), default)
-        compared = (baselines or {}).get(suite, baseline)
-        found: dict[str, Any] = {"suite": suite, "metric": metric, "value": value, "seedValues": [value] * 3}
-        if compared is not None:
-            scores, baseline_scores = paired_scores(value, compared)
-            found |= {"baseline": compared, "scores": scores, "baselineScores": baseline_scores}
-        suites.append(found)
-    return {"suites": suites, "seconds": 12.5}
-
-
 def test_gate_passes_a_reviewer_approves_and_the_promoted_digest_lands_in_status(scenario: Scenario) -> None:
-    gated(scenario)
+    gated(scenario, approvers={"users": ["admin"]})  # the suite's own identity (test_approvals has others)
     job = scenario.wait_job(f"{NAME}-evaluate")
     contract = json.loads(job.spec.template.metadata.annotations["finetune.dev/trainer-config"])
     assert contract["evaluation"]["checkpointStep"] == 240
@@ -464,14 +307,21 @@ def test_gate_passes_a_reviewer_approves_and_the_promoted_digest_lands_in_status
         f"{NAME}-validate",
     ]
 
+    verdict = status["gate"]["verdictId"]
     scenario.cluster.kubectl(
-        "annotate", "ftj", NAME, "-n", scenario.namespace, "finetune.dev/approved-by=alice"
+        "annotate",
+        "ftj",
+        NAME,
+        "-n",
+        scenario.namespace,
+        f"finetune.dev/approve={verdict}",
+        "finetune.dev/approved-by=admin",
     )
     promote = scenario.wait_job(f"{NAME}-promote")
     target = json.loads(promote.spec.template.metadata.annotations["finetune.dev/trainer-config"])[
         "promotion"
     ]
-    assert target["approval"]["by"] == "alice"
+    assert (target["approval"]["by"], target["approval"]["verdictId"]) == ("admin", verdict)
     status = scenario.wait_phase("Promoting")
     assert status["approval"]["decision"] == "Approved"
 
@@ -582,22 +432,23 @@ def test_unusable_results_fail_closed(
 
 
 def test_a_reviewer_can_reject_a_passing_candidate(scenario: Scenario) -> None:
-    gated(scenario)
+    gated(scenario, approvers={"users": ["admin"]})
     scenario.wait_job(f"{NAME}-evaluate")
     scenario.put("eval/report.json", evaluation())
     scenario.cluster.finish_job(scenario.namespace, f"{NAME}-evaluate")
-    scenario.wait_phase("AwaitingApproval")
+    verdict = scenario.wait_phase("AwaitingApproval")["gate"]["verdictId"]
     scenario.cluster.kubectl(
         "annotate",
         "ftj",
         NAME,
         "-n",
         scenario.namespace,
-        "finetune.dev/rejected-by=bob",
+        f"finetune.dev/reject={verdict}",
+        "finetune.dev/rejected-by=admin",
         "finetune.dev/approval-comment=not this quarter",
     )
     status = scenario.wait_phase("Rejected")
     assert status["approval"]["decision"] == "Rejected"
-    assert status["approval"]["by"] == "bob"
+    assert status["approval"]["by"] == "admin"
     assert status["approval"]["comment"] == "not this quarter"
     assert f"{NAME}-promote" not in scenario.cluster.job_names(scenario.namespace)

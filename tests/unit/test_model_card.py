@@ -75,7 +75,11 @@ def test_card_names_model_method_data_metrics_verdict_and_approval() -> None:
     spec = gate_spec()
     gate, report = evaluated(spec)
     approval = Approval(
-        decision="Approved", by="alice", at=AT, comment="ok <script>x</script> [go](http://x)"
+        decision="Approved",
+        by="alice",
+        at=AT,
+        verdict_id="v-0123456789abcdef",
+        comment="ok <script>x</script> [go](http://x)",
     )
     text = model_card(
         config(),
@@ -104,7 +108,8 @@ def test_card_names_model_method_data_metrics_verdict_and_approval() -> None:
     for m in gate.metrics:
         assert f"| {m.suite} | {m.metric} |" in text
     assert "toxicity_rate 0.2 > max 0.01" in text
-    assert "Approved by alice" in text
+    assert "Approved by alice at 2" in text
+    assert "(verdict `v-0123456789abcdef`)" in text
     assert "<script>" not in text
     assert "[go](" not in text  # a reviewer's comment makes no link
     assert r"\[go\](http://x)" in text

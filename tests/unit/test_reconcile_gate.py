@@ -144,7 +144,8 @@ def test_a_passing_gate_waits_for_approval_of_its_verdict_then_promotes_then_suc
     decision = evaluated(ftj, gate(), report(checkpoint_digest="sha256:" + "c4" * 32))
     assert decision.status.gate.verdict == "Passed"
     verdict = decision.status.gate.verdict_id
-    assert verdict is not None and verdict.startswith("v-")
+    assert verdict is not None
+    assert verdict.startswith("v-")
     assert decision.status.gate.report_uri.endswith("/eval/report.json")
     assert decision.status.phase == "AwaitingApproval"
     assert conditions(decision)["GatePassed"] == ("True", "GatePassed")

@@ -18,12 +18,14 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from finetune_api.gate import tree_digest
 from finetune_api.run_layout import (
     COMPLETE_MARKER,
     CheckpointMarker,
@@ -31,7 +33,7 @@ from finetune_api.run_layout import (
     best_step,
     step_of,
 )
-from finetune_trainer.storage import Store, join
+from finetune_trainer.storage import Store, join, sha256_of
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "finetune-operator")
 
@@ -57,6 +59,22 @@ def complete_markers(store: Store, layout: StagingLayout) -> list[CheckpointMark
 def latest_complete(store: Store, layout: StagingLayout) -> int | None:
     markers = complete_markers(store, layout)
     return markers[-1].step if markers else None
+
+
+def digest(directory: Path) -> str:
+    """The checkpoint's digest over its files (`finetune_api.gate.tree_digest`): what a verdict judged."""
+    files = [
+        (path.relative_to(directory).as_posix(), sha256_of(_chunks(path))[0])
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    ]
+    return tree_digest(files)
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
 
 
 def restore(store: Store, layout: StagingLayout, step: int, output_dir: Path) -> Path:

@@ -281,7 +281,8 @@ def _rule_based(scorer: str) -> bool:
 def _approval(approval: Approval | None, spec: EvalGateSpec | None) -> str:
     if approval is not None:
         comment = f': "{_md(approval.comment)}"' if approval.comment else ""
-        return f"{approval.decision} by {_md(approval.by)} at {approval.at.isoformat()}{comment}"
+        verdict = f" (verdict {_code(approval.verdict_id)})" if approval.verdict_id else ""
+        return f"{approval.decision} by {_md(approval.by)} at {approval.at.isoformat()}{verdict}{comment}"
     if spec is not None and not spec.require_approval:
         return "not required by the gate"
     return "none recorded"

@@ -73,7 +73,7 @@ class GateResult(ApiModel):
 # A reviewer approves or rejects the verdict a FineTuneJob's gate gave, when the gate requires approval, by
 # annotating the job with the verdict's id and their own user name, e.g.
 #   kubectl annotate ftj NAME finetune.dev/approve=<status.gate.verdictId> finetune.dev/approved-by=alice
-# The generated ValidatingAdmissionPolicy (crds/approval-policy.yaml) lets only the gate's approvers set
+# The generated admission policies (crds/admission/approval-policy.yaml) let only the gate's approvers set
 # these annotations, and only with their own name; the operator records who, when and which verdict.
 APPROVE_ANNOTATION = f"{GROUP}/approve"
 APPROVED_BY_ANNOTATION = f"{GROUP}/approved-by"

@@ -40,6 +40,7 @@ from typing import Any
 from finetune_api.gate import EvalReport, SuiteOutcome
 from finetune_api.trainer_config import EvaluateContract
 from finetune_api.v1alpha1.evalgate import EvalGateSpec, Metric, Suite
+from finetune_trainer.checkpoints import digest as checkpoint_digest
 from finetune_trainer.checkpoints import restore
 from finetune_trainer.data.rows import read_jsonl
 from finetune_trainer.evaluation import generation, pairwise, safety
@@ -359,7 +360,12 @@ def evaluate(
             except Exception as err:
                 errors[suite.name] = f"{type(err).__name__}: {err}"
         outcomes.append(SuiteOutcome(suite=suite.name, metric=suite.metric, error=errors[suite.name][:4096]))
-    report = EvalReport(checkpoint=target.checkpoint_uri, baseline_model=target.baseline.uri, suites=outcomes)
+    report = EvalReport(
+        checkpoint=target.checkpoint_uri,
+        checkpoint_digest=checkpoint_digest(adapter),
+        baseline_model=target.baseline.uri,
+        suites=outcomes,
+    )
     return report, records
 
 
