@@ -299,15 +299,12 @@ def _release() -> None:
         pass
 
 
-def _load(config: EvaluateContract, store: Store, scratch: Path, *, baseline: bool) -> Subject:
-    """The baseline (the model `plan.baseline` chose) or the candidate (the base model and the checkpoint),
-    as the kind of model the job trains."""
-    if baseline:
-        model_dir, adapter = materialize(config.evaluation.baseline, store, scratch), None
-    else:
-        step = config.evaluation.checkpoint_step
-        adapter = restore(store, config.layout, step, scratch / "candidate")
-        model_dir = materialize(config.base_model, store, scratch)
+def _load(config: EvaluateContract, store: Store, scratch: Path, adapter: Path | None) -> Subject:
+    """The baseline (no `adapter`: the model `plan.baseline` chose) or the candidate (the base model and the
+    checkpoint restored in `adapter`), as the kind of model the job trains."""
+    model_dir = materialize(
+        config.evaluation.baseline if adapter is None else config.base_model, store, scratch
+    )
     if config.method == Method.VISION:
         from finetune_trainer.evaluation import vision  # noqa: PLC0415
 
@@ -331,7 +328,7 @@ def evaluate(
             errors[suite.name] = f"{type(err).__name__}: {err}"
     compared = [p for p in prepared.values() if compares(spec, p.suite)]
     if compared:
-        subject = _load(config, store, scratch, baseline=True)
+        subject = _load(config, store, scratch, None)
         said: Said = {}
         for p in compared:
             try:
@@ -344,7 +341,8 @@ def evaluate(
                 errors[p.suite.name] = f"baseline: {type(err).__name__}: {err}"
         del subject
         _release()
-    subject = _load(config, store, scratch, baseline=False)
+    adapter = restore(store, config.layout, target.checkpoint_step, scratch / "candidate")
+    subject = _load(config, store, scratch, adapter)
     said = {}
     for p in prepared.values():
         if p.suite.name in errors:
