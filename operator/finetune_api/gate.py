@@ -12,7 +12,8 @@ one is compared, or a seed that was not run, each fails the gate with a message 
 Per suite, one result for the threshold (`min` for higher-is-better metrics, `max` for the others) and,
 when the gate has seeds, the spread across them (sample standard deviation at most `maxSeedStdDev`). Then,
 for the suites `noRegression` covers (all but win_rate, which is already a comparison with the baseline),
-one result for non-inferiority: the candidate passes only when it is shown no worse, that is when the
+one result for non-inferiority (failing with the report's `baseline_error` when the baseline could not
+be compared): the candidate passes only when it is shown no worse, that is when the
 one-sided upper confidence bound (at `confidence`) of the mean per-example degradation (baseline minus
 candidate for higher-is-better metrics, the reverse otherwise) is at most `tolerance` (`upper_bound`:
 Tango's score bound for paired scores in [0, 1], a paired bootstrap for unbounded ones). A suite too small
@@ -53,6 +54,9 @@ class SuiteOutcome(ApiModel):
     scores: list[float] = Field(default_factory=list, description="The candidate's, per example.")
     baseline_scores: list[float] = Field(
         default_factory=list, description="The baseline's, per example, paired with `scores`."
+    )
+    baseline_error: Text | None = Field(
+        default=None, description="Why the baseline could not be compared on this suite, if it could not."
     )
     seed_values: list[float] = Field(default_factory=list, description="The candidate's value per seed.")
     interval: Annotated[list[float], Field(min_length=2, max_length=2)] | None = Field(
@@ -186,7 +190,8 @@ def _no_regression(suite: Suite, outcome: SuiteOutcome | None, rule: NoRegressio
     if problem or outcome is None or outcome.value is None:
         return _failed(suite, f"no regression: {problem or 'no result'}")
     if outcome.baseline is None or not math.isfinite(outcome.baseline):
-        return _failed(suite, "no regression: the baseline was not evaluated")
+        why = f": {outcome.baseline_error}" if outcome.baseline_error else ""
+        return _failed(suite, f"no regression: the baseline was not evaluated{why}")
     value, baseline = outcome.value, outcome.baseline
     shown = _percent if suite.metric in RATES else _plain
     head = f"{suite.metric} {value:.4g} vs baseline {baseline:.4g}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,15 @@ from trl.trainer import utils
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from finetune_api.trainer_config import TrainContract
-from finetune_api.v1alpha1.common import DatasetFormat
+from finetune_api.v1alpha1.common import DatasetFormat, ModelSource
 from finetune_api.v1alpha1.finetunejob import Adapter, AdapterType
 from finetune_trainer import attention, builtin, lm_head
 from finetune_trainer.builtin import order_json
 from finetune_trainer.data.rows import Row, read_jsonl
 from finetune_trainer.evaluation.task import evaluate
 from finetune_trainer.methods.sft import encode
-from finetune_trainer.models import ModelError, load_kwargs
+from finetune_trainer.models import ModelError, load_kwargs, materialize
+from finetune_trainer.storage import Store
 from helpers.datagen import chat_rows, jsonl, preference_rows
 from helpers.tinymodels import causal_lm, llama_config, tokenizer
 from helpers.trainrun import contract
@@ -158,3 +160,19 @@ def test_packed_rows_train_exactly_as_if_each_were_alone(tok, monkeypatch) -> No
     assert packed.item() == pytest.approx(expected.item(), rel=1e-5)
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_models_from_different_uris_are_downloaded_to_different_folders(tmp_path: Path) -> None:
+    """evaluate materializes a `baseline.model` and the job's base model in one scratch folder: the second
+    must not be served the first one's files."""
+
+    class Bucket(Store):
+        def download_prefix(self, prefix: str, local: Path) -> None:
+            local.mkdir(parents=True)
+            (local / "config.json").write_text(json.dumps({"from": prefix}))
+
+    store = Bucket()
+    base = materialize(ModelSource(uri="s3://models/base/"), store, tmp_path)
+    baseline = materialize(ModelSource(uri="s3://models/production/"), store, tmp_path)
+    assert json.loads((base / "config.json").read_text()) == {"from": "s3://models/base/"}
+    assert json.loads((baseline / "config.json").read_text()) == {"from": "s3://models/production/"}

@@ -36,44 +36,7 @@ from finetune_trainer.data.rows import read_jsonl
 from finetune_trainer.methods import Run
 from finetune_trainer.methods.vision import VisionError, build
 from helpers.tinymodels import IMAGE_TOKEN, image_classifier, vision_language_model
-
-COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
-QUESTION = "What color is the square?"
-
-
-def png_url(color: str, rng: random.Random, side: int = 32) -> str:
-    """A square of `color` at a random place on grey noise, as a PNG data URL."""
-    image = Image.new("RGB", (side, side))
-    image.putdata([(g, g, g) for g in (rng.randrange(60, 200) for _ in range(side * side))])
-    box = rng.randrange(side // 3, side // 2)
-    x, y = rng.randrange(side - box), rng.randrange(side - box)
-    image.paste(COLORS[color], (x, y, x + box, y + box))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def label_rows(count: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    return [{"image": png_url(c, rng), "label": c} for c in (rng.choice(list(COLORS)) for _ in range(count))]
-
-
-def chat_rows(count: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(count):
-        color = rng.choice(list(COLORS))
-        image = {"type": "image_url", "image_url": {"url": png_url(color, rng, side=16)}}
-        rows.append(
-            {
-                "messages": [
-                    {"role": "system", "content": "You describe images."},
-                    {"role": "user", "content": [image, {"type": "text", "text": QUESTION}]},
-                    {"role": "assistant", "content": f"It is {color}."},
-                ]
-            }
-        )
-    return rows
+from helpers.visiondata import COLORS, QUESTION, chat_rows, label_rows, png_url
 
 
 def contract(

@@ -33,7 +33,8 @@ def manifest_digest(directory: Path) -> str:
 def materialize(source: ModelSource, store: Store, scratch: Path) -> Path:
     """A local directory holding the model's files, checked against `source.digest` when given."""
     if is_s3(source.uri):
-        directory = scratch / "base-model"
+        # one folder per URI: evaluate materializes a baseline model and the job's base model side by side
+        directory = scratch / f"model-{hashlib.sha256(source.uri.encode()).hexdigest()[:12]}"
         if not (directory / "config.json").exists():
             prefix = source.uri if source.uri.endswith("/") else source.uri + "/"
             store.download_prefix(prefix, directory)

@@ -1,6 +1,8 @@
 """`validate-data`: read the run's datasets, run the data gates, write `data-report.json` to the staging
 prefix. Exit 0 when the gates pass, 1 when they fail; the report says why either way, including when a
-file cannot be read at all. Runs on CPU, before any GPU is requested.
+file cannot be read at all. Runs on CPU, before any GPU is requested. For a vision job it also reads and
+decodes every image of the datasets once, refusing what training would refuse (http(s) URLs, missing files
+or objects, undecodable data), each named by split, line and image.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from dataclasses import dataclass
 from finetune_api.run_layout import DataValidationReport
 from finetune_api.trainer_config import RunContract
 from finetune_api.v1alpha1.common import DatasetSource
+from finetune_api.v1alpha1.finetunejob import Method
 from finetune_trainer.data import gates
+from finetune_trainer.data.images import ImageReader
 from finetune_trainer.data.rows import Dataset, read_jsonl
 from finetune_trainer.storage import StorageError, Store
 
@@ -47,14 +51,24 @@ def load(config: RunContract, store: Store) -> Loaded:
     return Loaded(splits, digests, failures)
 
 
+def refused_images(config: RunContract, loaded: Loaded, store: Store) -> list[str]:
+    """A vision job's images that training would refuse (remote URLs, missing files or objects, what does
+    not decode), each named by split, line and place in the row."""
+    if config.method != Method.VISION:
+        return []
+    reader = ImageReader(store)
+    return [line for name, data in loaded.splits.items() for line in reader.refused(data.rows, split=name)]
+
+
 def check(config: RunContract, store: Store) -> gates.Outcome:
     loaded = load(config, store)
     if "training" not in loaded.splits:
         report = DataValidationReport(passed=False, failed_rules=loaded.failures)
         return gates.Outcome(report)
     outcome = gates.run(loaded.splits, config.data_gates)
-    if loaded.failures:
-        rules = loaded.failures + outcome.report.failed_rules
+    failures = loaded.failures + refused_images(config, loaded, store)
+    if failures:
+        rules = failures + outcome.report.failed_rules
         outcome.report = outcome.report.model_copy(update={"passed": False, "failed_rules": rules[:32]})
     return outcome
 

@@ -1,7 +1,8 @@
 """Images of vision rows: reading them (`data:image/...;base64` URLs, `s3://` objects, local files) as RGB
 PIL images, and sizing the model's image processor (`vision.imageSize`, `vision.maxImageTokens`).
 
-Reading: a bad image is an `ImageError` naming the split, the row's line and the image's place in the row.
+Reading: a bad image is an `ImageError` naming the split, the row's line and the image's place in the row;
+`refused` lists every bad image of a split (validate-data decodes each image once, before training).
 Files and objects are read through the run's `Store` (the contract's endpoint and credentials); `http(s)://`
 URLs are refused rather than fetched, so that what a run trains on is what its storage holds.
 
@@ -28,6 +29,7 @@ from finetune_trainer.storage import StorageError, Store
 
 DATA_PREFIX = "data:image/"
 REMOTE = ("http://", "https://")
+MOST_REFUSED = 20  # refused images listed by `refused`; the report keeps 32 failed rules in all
 PROBE_SIDE = 4096  # the largest vision.imageSize: the most tokens a processor that caps the size can make
 
 
@@ -85,6 +87,21 @@ class ImageReader:
 
     def load_all(self, uris: Iterable[str], *, split: str, line: int) -> list[Image.Image]:
         return [self.load(uri, split=split, line=line, index=i) for i, uri in enumerate(uris)]
+
+    def refused(self, rows: Iterable[Row], *, split: str, most: int = MOST_REFUSED) -> list[str]:
+        """What training would refuse among the images of `rows`, one line per image, at most `most`
+        (then one saying the rest went unchecked). Each image is read and decoded once and let go:
+        `validate-data` calls this, before any GPU is requested."""
+        found: list[str] = []
+        for row in rows:
+            for index, uri in enumerate(row.images):
+                if len(found) == most:
+                    return [*found, f"{split}: more images not checked after {most} refused"]
+                try:
+                    self.load(uri, split=split, line=row.line, index=index).close()
+                except ImageError as err:
+                    found.append(str(err))
+        return found
 
     def check(self, rows: Iterable[Row], *, split: str) -> None:
         """Fail before training on what needs no storage to find: inline images that do not decode and

@@ -58,7 +58,7 @@ def generate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     replies: list[str] = [""] * len(ids)
-    with _seeded(model, seed if settings.temperature > 0 else None):
+    with seeded(model, seed if settings.temperature > 0 else None):
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start : start + settings.batch_size]
             new = _batch(model, [ids[i] for i in chunk], settings, pad, stops)
@@ -72,7 +72,6 @@ def _batch(
 ) -> list[list[int]]:
     """The new tokens of each row, cut before its first end-of-sequence token."""
     import torch  # noqa: PLC0415 (heavy; only generation needs it)
-    from transformers import GenerationConfig  # noqa: PLC0415
 
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -80,6 +79,19 @@ def _batch(
     for n, row in enumerate(rows):
         input_ids[n, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         attention[n, width - len(row) :] = 1
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention.to(model.device),
+            generation_config=decoding(settings, pad, stops),
+        )
+    return new_tokens(out[:, width:].tolist(), stops)
+
+
+def decoding(settings: Generation, pad: int, stops: list[int]) -> Any:
+    """The GenerationConfig of `settings`: greedy at temperature 0, else plain temperature sampling."""
+    from transformers import GenerationConfig  # noqa: PLC0415
+
     sampling = settings.temperature > 0
     config: dict[str, Any] = {
         "max_new_tokens": settings.max_new_tokens,
@@ -89,21 +101,21 @@ def _batch(
     }
     if sampling:
         config |= {"temperature": settings.temperature, "top_p": 1.0, "top_k": None}
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=input_ids.to(model.device),
-            attention_mask=attention.to(model.device),
-            generation_config=GenerationConfig(**config),  # type: ignore[no-untyped-call]
-        )
+    return GenerationConfig(**config)  # type: ignore[no-untyped-call]
+
+
+def new_tokens(rows: list[list[int]], stops: list[int]) -> list[list[int]]:
+    """Each row's generated tokens cut before its first end-of-sequence token."""
     replies = []
-    for tokens in out[:, width:].tolist():
+    for tokens in rows:
         cut = next((k for k, t in enumerate(tokens) if t in stops), len(tokens))
         replies.append(tokens[:cut])
     return replies
 
 
 @contextlib.contextmanager
-def _seeded(model: Any, seed: int | None) -> Iterator[None]:
+def seeded(model: Any, seed: int | None) -> Iterator[None]:
+    """Sampling under `seed` in a forked random state (nothing to do without a seed)."""
     if seed is None:
         yield
         return

@@ -1,10 +1,12 @@
 """`evaluate`: run every suite of an EvalGate on the candidate checkpoint, and on the baseline where a
 metric compares, and write the per-example records and then the report (`finetune_api.gate` layout).
 
-Suite rows are OpenAI chat, prompt/completion or RFT rows. A row's prompt is its messages up to the last
-assistant message (whose text becomes `reference`), or its `prompt`; its other fields are the `item` a
-grader reads (`should_refuse` for refusal suites), with `reference_answer` and `prompt` (the last user
-message) added for chat rows. Per metric:
+Suite rows (`prepared`) are OpenAI chat, prompt/completion or RFT rows; a vision job's are image_label
+or chat rows with images, which `evaluation.vision` reads and runs through the job's kind of model (the
+scoring below is the same: a classifier's reply is the predicted class name). A row's prompt is its
+messages up to the last assistant message (whose text becomes `reference`), or its `prompt`; its other
+fields are the `item` a grader reads (`should_refuse` for refusal suites), with `reference_answer` and
+`prompt` (the last user message) added for chat rows. Per metric:
 
 - exact_match, grader_score: the reply against the reference (`task.matches`), or the suite's grader;
 - eval_loss: the mean negative log-likelihood per token of the reference reply, no generation;
@@ -19,7 +21,9 @@ covers), and is freed before the candidate loads, so only one model is in memory
 `seeds`, the candidate's replies are drawn once per seed and each seed's value is reported; per-example
 scores are the first seed's. A suite that cannot be scored (unreadable rows, a judge model missing) gets
 its error in the report and fails the gate; the others still run. Replies are generated in batches
-(`generation.generate`), never one prompt at a time.
+(`generation.generate`), never one prompt at a time. A baseline that cannot be compared on a suite
+(`NotComparableError`: a classifier without the suite's classes) fails that suite's no-regression check
+with its reason; the candidate is still held to the threshold.
 """
 
 from __future__ import annotations
@@ -28,76 +32,26 @@ import contextlib
 import gc
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from finetune_api.gate import EvalReport, SuiteOutcome
 from finetune_api.trainer_config import EvaluateContract
 from finetune_api.v1alpha1.evalgate import EvalGateSpec, Metric, Suite
+from finetune_api.v1alpha1.finetunejob import Method, VisionSettings
 from finetune_trainer.checkpoints import digest as checkpoint_digest
 from finetune_trainer.checkpoints import restore
-from finetune_trainer.data.rows import read_jsonl
 from finetune_trainer.evaluation import generation, pairwise, safety
+from finetune_trainer.evaluation.prepared import NotComparableError, Prepared, suite_rows, text_rows
 from finetune_trainer.evaluation.task import answer_log_prob, load, matches
 from finetune_trainer.graders import compile_grader, sample_from_text
-from finetune_trainer.methods import plain_messages
 from finetune_trainer.models import materialize
 from finetune_trainer.storage import Store
-
-SAMPLE_SEED = 0
-
-
-@dataclass
-class Prepared:
-    """A suite's rows as prompts, references and grader items, plus what each model said."""
-
-    suite: Suite
-    prompts: list[generation.Prompt]
-    references: list[str | None]
-    items: list[dict[str, Any]]
-    candidate: dict[int | None, list[Any]] = field(default_factory=dict)  # per seed: replies or losses
-    baseline: list[Any] | None = None
-
-
-def prompt_of(data: dict[str, Any]) -> tuple[generation.Prompt, str | None, dict[str, Any]]:
-    """(prompt, reference, item) of one suite row."""
-    if "messages" in data:
-        messages = plain_messages(data["messages"])
-        item = {k: v for k, v in data.items() if k != "messages"}
-        asked = [m for m in messages if m.get("role") == "user"]
-        if asked:
-            item.setdefault("prompt", str(asked[-1].get("content")))  # the question, for judges
-        answers = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-        if answers and answers[-1] == len(messages) - 1:
-            reference = str(messages[-1]["content"])
-            item.setdefault("reference_answer", reference)
-            return messages[:-1], reference, item
-        return messages, item.get("reference_answer"), item
-    if "prompt" in data:
-        item = {k: v for k, v in data.items() if k not in ("prompt", "completion")}
-        completion = data.get("completion")
-        return str(data["prompt"]), None if completion is None else str(completion), item
-    raise ValueError("a suite row needs messages or a prompt")
-
-
-def prepare(suite: Suite, store: Store) -> Prepared:
-    dataset = read_jsonl(suite.dataset.uri, store.read_bytes(suite.dataset.uri), suite.dataset.format)
-    if dataset.problems:
-        raise ValueError(f"{suite.dataset.uri}: {dataset.problems[0]}")
-    rows = dataset.rows
-    if not rows:
-        raise ValueError(f"{suite.dataset.uri} has no rows")
-    if suite.sample_size is not None and suite.sample_size < len(rows):
-        picked = sorted(random.Random(SAMPLE_SEED).sample(range(len(rows)), suite.sample_size))
-        rows = [rows[i] for i in picked]
-    parsed = [prompt_of(row.data) for row in rows]
-    return Prepared(suite, [p for p, _, _ in parsed], [r for _, r, _ in parsed], [i for _, _, i in parsed])
 
 
 def compares(spec: EvalGateSpec, suite: Suite) -> bool:
@@ -108,12 +62,39 @@ def compares(spec: EvalGateSpec, suite: Suite) -> bool:
     return rule.enabled and (rule.suites is None or suite.name in rule.suites)
 
 
+def prepare(suite: Suite, store: Store, vision_task: str | None = None) -> Prepared:
+    """The suite's rows, read as a text job's, or as a vision job's (`vision_task`: `evaluation.vision`)."""
+    rows = suite_rows(suite, store)
+    if vision_task is None:
+        return text_rows(suite, rows)
+    from finetune_trainer.evaluation import vision  # noqa: PLC0415 (torch and the vision stack)
+
+    return vision.prepare(suite, rows, vision_task, store)
+
+
 Said = dict[tuple[str, ...], list[Any]]
 
 
-def observe(model: Any, tokenizer: Any, prepared: Prepared, seed: int | None, said: Said) -> list[Any]:
-    """What a model says on the suite: replies, or per-example losses for eval_loss. Suites on the same rows
-    with the same settings share one generation (`said`, one per model)."""
+class Subject(Protocol):
+    """A loaded model: what it says on a suite (replies, or per-example losses for eval_loss)."""
+
+    def say(self, prepared: Prepared, seed: int | None) -> list[Any]: ...
+
+
+@dataclass
+class TextModel:
+    """A causal LM and its tokenizer (every method but vision)."""
+
+    model: Any
+    tokenizer: Any
+
+    def say(self, prepared: Prepared, seed: int | None) -> list[Any]:
+        return _observe(self.model, self.tokenizer, prepared, seed)
+
+
+def observe(subject: Subject, prepared: Prepared, seed: int | None, said: Said) -> list[Any]:
+    """What a model says on the suite. Suites on the same rows with the same settings share one generation
+    (`said`, one per model)."""
     suite = prepared.suite
     key = (
         str(suite.metric == Metric.EVAL_LOSS),
@@ -123,7 +104,7 @@ def observe(model: Any, tokenizer: Any, prepared: Prepared, seed: int | None, sa
         str(seed),
     )
     if key not in said:
-        said[key] = _observe(model, tokenizer, prepared, seed)
+        said[key] = subject.say(prepared, seed)
     return said[key]
 
 
@@ -271,6 +252,7 @@ def outcome(
         baseline=_mean(base_scored.scores) if base_scored else None,
         scores=scored.scores,
         baseline_scores=base_scored.scores if base_scored else [],
+        baseline_error=prepared.baseline_error,
         seed_values=[value, *seed_values] if len(seeds) > 1 else [],
         interval=scored.interval,
         rows=len(prepared.prompts),
@@ -285,7 +267,7 @@ def outcome(
                 "index": i,
                 "prompt": prompt
                 if isinstance(prompt, str)
-                else "\n".join(f"{m['role']}: {m.get('content')}" for m in prompt),
+                else "\n".join(f"{m['role']}: {_shown(m.get('content'))}" for m in prompt),
                 "candidate": first[i] if suite.metric != Metric.EVAL_LOSS else None,
                 "baseline": base[i] if base is not None and suite.metric != Metric.EVAL_LOSS else None,
                 "reference": prepared.references[i],
@@ -297,6 +279,13 @@ def outcome(
             }
         )
     return result_outcome, records
+
+
+def _shown(content: Any) -> str:
+    """A message's content as a record shows it: text, with `<image>` where a vision prompt had one."""
+    if not isinstance(content, list):
+        return str(content)
+    return "".join("<image>" if p.get("type") == "image" else str(p.get("text", "")) for p in content)
 
 
 def _release() -> None:
@@ -311,42 +300,60 @@ def _release() -> None:
         pass
 
 
+def _load(config: EvaluateContract, store: Store, scratch: Path, adapter: Path | None) -> Subject:
+    """The baseline (no `adapter`: the model `plan.baseline` chose) or the candidate (the base model and the
+    checkpoint restored in `adapter`), as the kind of model the job trains."""
+    model_dir = materialize(
+        config.evaluation.baseline if adapter is None else config.base_model, store, scratch
+    )
+    if config.method == Method.VISION:
+        from finetune_trainer.evaluation import vision  # noqa: PLC0415
+
+        return vision.load(config, model_dir, adapter, store)
+    return TextModel(*load(model_dir, adapter))
+
+
 def evaluate(
     config: EvaluateContract, store: Store, scratch: Path
 ) -> tuple[EvalReport, list[dict[str, Any]]]:
     target = config.evaluation
     spec = target.gate
     seeds: list[int | None] = list(spec.seeds) or [None]
+    vision_task = (config.vision or VisionSettings()).task if config.method == Method.VISION else None
     prepared: dict[str, Prepared] = {}
     errors: dict[str, str] = {}
     for suite in spec.suites:
         try:
-            prepared[suite.name] = prepare(suite, store)
+            prepared[suite.name] = prepare(suite, store, vision_task)
         except Exception as err:  # the suite fails closed with its reason; the others still run
             errors[suite.name] = f"{type(err).__name__}: {err}"
     compared = [p for p in prepared.values() if compares(spec, p.suite)]
     if compared:
-        model, tokenizer = load(materialize(target.baseline, store, scratch), None)
+        subject = _load(config, store, scratch, None)
         said: Said = {}
         for p in compared:
             try:
-                p.baseline = observe(model, tokenizer, p, seeds[0], said)
+                p.baseline = observe(subject, p, seeds[0], said)
+            except NotComparableError as err:
+                if p.suite.metric == Metric.WIN_RATE:
+                    errors[p.suite.name] = f"baseline: {err}"
+                p.baseline_error = str(err)
             except Exception as err:
                 errors[p.suite.name] = f"baseline: {type(err).__name__}: {err}"
-        del model, tokenizer
+        del subject
         _release()
     adapter = restore(store, config.layout, target.checkpoint_step, scratch / "candidate")
-    model, tokenizer = load(materialize(config.base_model, store, scratch), adapter)
+    subject = _load(config, store, scratch, adapter)
     said = {}
     for p in prepared.values():
         if p.suite.name in errors:
             continue
         try:
             for seed in seeds:
-                p.candidate[seed] = observe(model, tokenizer, p, seed, said)
+                p.candidate[seed] = observe(subject, p, seed, said)
         except Exception as err:
             errors[p.suite.name] = f"{type(err).__name__}: {err}"
-    del model, tokenizer
+    del subject
     _release()
     outcomes, records = [], []
     for suite in spec.suites:

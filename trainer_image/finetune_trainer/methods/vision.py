@@ -302,18 +302,18 @@ class DecodeRows:
         return out
 
 
-def vlm_processor(run: Run, settings: VisionSettings) -> ProcessorMixin:
+def vlm_processor(model_dir: Path, settings: VisionSettings) -> ProcessorMixin:
     """The model's processor, its image processor sized; fails when the model cannot take the settings."""
-    processor = AutoProcessor.from_pretrained(run.model_dir)  # type: ignore[no-untyped-call]
+    processor = AutoProcessor.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
     if not isinstance(processor, ProcessorMixin) or not hasattr(processor, "image_processor"):
         raise VisionError(
-            f"{run.model_dir}: no image processor saved with the model; vision.task chat needs a "
+            f"{model_dir}: no image processor saved with the model; vision.task chat needs a "
             "vision-language model and its processor"
         )
     if not processor.chat_template:
-        raise VisionError(f"{run.model_dir}: the processor has no chat template to render conversations with")
+        raise VisionError(f"{model_dir}: the processor has no chat template to render conversations with")
     if not pixel_budget(processor.image_processor):
-        vision_config = getattr(AutoConfig.from_pretrained(run.model_dir), "vision_config", None)
+        vision_config = getattr(AutoConfig.from_pretrained(model_dir), "vision_config", None)
         tower = getattr(vision_config, "image_size", None)
         side, most = settings.image_size, settings.max_image_tokens
         if side and tower and side != tower:
@@ -340,7 +340,7 @@ def chat(run: Run, settings: VisionSettings, reader: ImageReader, splits: dict[s
                     f"{split} line {row.line}: vision.task chat trains on vision_chat rows (messages with "
                     "image_url parts); image_label rows need vision.task image_classification"
                 )
-    processor = vlm_processor(run, settings)
+    processor = vlm_processor(run.model_dir, settings)
     why_split = None
     if not marks_assistant_turns(processor):
         why_split = "the model's chat template does not mark assistant turns ({% generation %})"
