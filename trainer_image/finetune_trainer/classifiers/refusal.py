@@ -17,6 +17,7 @@ embedding package's version, with the held-out precision and recall in `meta.jso
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import random
 from collections.abc import Sequence
@@ -67,7 +68,7 @@ def digest(path: Path = DATA) -> str:
 
 
 def _embedder_version() -> str:
-    return builtin.importlib.metadata.version(EMBEDDER.distribution)
+    return importlib.metadata.version(EMBEDDER.distribution)
 
 
 def features(embedder: Any, texts: Sequence[str]) -> np.ndarray:
