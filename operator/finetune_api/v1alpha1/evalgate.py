@@ -78,7 +78,7 @@ class Suite(ApiModel):
     )
     classifier: ModelSource | None = Field(
         default=None,
-        description="Refusal or toxicity classifier (a sequence classifier); replaces `detector`'s.",
+        description="Refusal or toxicity sequence classifier, used instead of the packaged classifiers.",
     )
     detector: Literal["classifiers", "wordlist"] = Field(
         default="classifiers",
