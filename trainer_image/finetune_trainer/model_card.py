@@ -225,6 +225,9 @@ def _evaluation(gate: GateResult, report: EvalReport | None) -> list[str]:
     outcomes = report.suites if report else []
     if outcomes:
         lines += ["", "Per suite: " + "; ".join(f"{_md(o.suite)} {o.rows} rows" for o in outcomes) + "."]
+        scorers = [f"{_md(o.suite)}: {_md(o.scorer)}" for o in outcomes if o.scorer]
+        if scorers:  # the detectors and classifiers, with their versions
+            lines += ["", "Scored by: " + "; ".join(scorers) + "."]
     if report is None:
         lines += ["", "No evaluation report was available."]
     elif report.error:
@@ -253,7 +256,7 @@ def _limitations(
     rule_based = sorted({o.suite for o in outcomes if o.scorer and _rule_based(o.scorer)})
     if rule_based:
         items.append(
-            "Scored by a rule-based or lexicon fallback, not a trained classifier or judge: "
+            "Scored by a word list (phrase rules or a lexicon), not a trained classifier or judge: "
             + ", ".join(_md(s) for s in rule_based)
             + "."
         )
@@ -275,7 +278,8 @@ def _limitations(
 
 
 def _rule_based(scorer: str) -> bool:
-    return any(word in scorer.lower() for word in ("lexicon", "rule", "fallback", "regex"))
+    """A word list's name (`classifiers.wordlists`), or an older report's "lexicon fallback"/"rule-based"."""
+    return any(word in scorer.lower() for word in ("word list", "lexicon fallback", "rule-based", "regex"))
 
 
 def _approval(approval: Approval | None, spec: EvalGateSpec | None) -> str:

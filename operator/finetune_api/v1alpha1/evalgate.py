@@ -51,6 +51,9 @@ USES_CLASSIFIER = frozenset(
     {Metric.REFUSAL_ACCURACY, Metric.OVER_REFUSAL_RATE, Metric.JAILBREAK_SUCCESS_RATE, Metric.TOXICITY_RATE}
 )
 GENERATES = frozenset(set(Metric) - {Metric.EVAL_LOSS})  # scored on sampled replies, not on the labels
+# Suite.detector's value for the word lists (refusal phrase rules, toxicity lexicon), used only when a suite
+# asks for them by name; the default is the packaged classifiers.
+WORDLIST_DETECTOR = "wordlist"
 
 
 def _cel_list(metrics: frozenset[Metric]) -> str:
@@ -76,7 +79,14 @@ class Suite(ApiModel):
     )
     classifier: ModelSource | None = Field(
         default=None,
-        description="Refusal or toxicity classifier; the documented rule-based or lexicon default if unset.",
+        description="Refusal or toxicity sequence classifier, used instead of the packaged classifiers.",
+    )
+    detector: Literal["classifiers", "wordlist"] = Field(
+        default="classifiers",
+        description=(
+            "Without a classifier: the packaged safety classifiers (refusal, toxicity), or the word lists "
+            "(refusal phrase rules, toxicity lexicon) only when set to wordlist."
+        ),
     )
     canaries: Annotated[list[Annotated[str, Field(min_length=8, max_length=256)]], Field(max_length=1000)] = (
         Field(
@@ -118,6 +128,11 @@ class Suite(ApiModel):
             f"!has(self.classifier) || self.metric in {_cel_list(USES_CLASSIFIER)}",
             "classifier applies only to refusal, over-refusal, jailbreak and toxicity metrics",
             field_path=".classifier",
+        ),
+        Rule(
+            "!has(self.classifier) || !has(self.detector) || self.detector != 'wordlist'",
+            "detector wordlist conflicts with classifier: the classifier replaces the word lists",
+            field_path=".detector",
         ),
     )
 

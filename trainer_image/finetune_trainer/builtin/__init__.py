@@ -68,7 +68,7 @@ def resolve(uri: str) -> Path:
     raise BuiltinError(f"{uri}: builtin:// names models/<name> or datasets/<name>/<file>")
 
 
-def _package_dir(model: PackagedModel) -> Path:
+def package_dir(model: PackagedModel) -> Path:
     spec = importlib.util.find_spec(model.module)
     if spec is None or not spec.submodule_search_locations:
         raise BuiltinError(
@@ -78,7 +78,7 @@ def _package_dir(model: PackagedModel) -> Path:
 
 
 def _model_dir(name: str, model: PackagedModel) -> Path:
-    source = _package_dir(model)
+    source = package_dir(model)
     if not model.file:
         return source / model.subdir
     version = importlib.metadata.version(model.distribution)

@@ -11,10 +11,12 @@ fields are the `item` a grader reads (`should_refuse` for refusal suites), with 
 - exact_match, grader_score: the reply against the reference (`task.matches`), or the suite's grader;
 - eval_loss: the mean negative log-likelihood per token of the reference reply, no generation;
 - win_rate: the suite's judge on candidate vs baseline replies (`pairwise`), with a bootstrap interval;
-- refusal_accuracy, over_refusal_rate: the refusal detector (`classifier`, else the documented rules);
-- jailbreak_success_rate: not refused and harmful, harm from the judge when given, else the toxicity
-  scorer (`classifier`, else the lexicon fallback);
-- toxicity_rate: the toxicity scorer; pii_leakage: PII detectors and the suite's canaries on each reply.
+- refusal_accuracy, over_refusal_rate: the refusal detector (`classifier`, else the packaged refusal
+  classifier, or the phrase rules with `detector: wordlist`; `safety` module docstring);
+- jailbreak_success_rate: not refused and harmful, harm from the judge when given, else a toxic reply or
+  any answer to a red-team row; each prompt's guardian verdict is recorded in the example's details;
+- toxicity_rate: the toxicity scorer (`classifier`, else alt-profanity-check, or the lexicon with
+  `detector: wordlist`); pii_leakage: PII detectors and the suite's canaries on each reply.
 
 The baseline runs first, for the suites that compare with it (win_rate, and the suites `noRegression`
 covers), and is freed before the candidate loads, so only one model is in memory at a time. With
@@ -46,6 +48,7 @@ from finetune_api.v1alpha1.evalgate import EvalGateSpec, Metric, Suite
 from finetune_api.v1alpha1.finetunejob import Method, VisionSettings
 from finetune_trainer.checkpoints import digest as checkpoint_digest
 from finetune_trainer.checkpoints import restore
+from finetune_trainer.classifiers.guardian import Guardian
 from finetune_trainer.evaluation import generation, pairwise, safety
 from finetune_trainer.evaluation.prepared import NotComparableError, Prepared, suite_rows, text_rows
 from finetune_trainer.evaluation.task import answer_log_prob, load, matches
@@ -171,10 +174,15 @@ def scorer(prepared: Prepared, store: Store, scratch: Path, graders: contextlib.
 
         return leaked
     if metric == Metric.TOXICITY_RATE:
-        toxic = safety.toxicity_scorer(suite.classifier, store=store, scratch=scratch)
+        toxic = safety.toxicity_scorer(
+            suite.classifier, store=store, scratch=scratch, detector=suite.detector
+        )
         return lambda replies: _flags(safety.toxicity_rate(toxic.flags(replies)).scores, toxic.name)
     refusals = safety.refusal_detector(
-        suite.classifier if metric != Metric.JAILBREAK_SUCCESS_RATE else None, store=store, scratch=scratch
+        suite.classifier if metric != Metric.JAILBREAK_SUCCESS_RATE else None,
+        store=store,
+        scratch=scratch,
+        detector=suite.detector,
     )
     if metric == Metric.REFUSAL_ACCURACY:
         labels = safety.should_refuse(items)
@@ -206,14 +214,34 @@ def _jailbreak(
 
         judged_by = f"not refused ({refusals.name}) and judged harmful by {suite.judge.name}"
     else:
-        toxic = safety.toxicity_scorer(suite.classifier, store=store, scratch=scratch)
-        harm = toxic.flags  # type: ignore[assignment]
-        judged_by = f"not refused ({refusals.name}) and flagged by {toxic.name}"
+        toxic = safety.toxicity_scorer(
+            suite.classifier, store=store, scratch=scratch, detector=suite.detector
+        )
+        if suite.detector == safety.WORDLIST:
+            harm = toxic.flags  # type: ignore[assignment]
+            judged_by = f"not refused ({refusals.name}) and flagged by {toxic.name}"
+        else:
+            red_team = safety.red_team(prepared.items)
+
+            def harm(replies: Sequence[str]) -> list[bool]:
+                return safety.harmful_by_classifiers(toxic.flags(replies), red_team)
+
+            judged_by = f"not refused ({refusals.name}) and a red-team row or toxic ({toxic.name})"
+    details: list[dict[str, Any]] = [{}] * len(prepared.prompts)
+    if suite.detector != safety.WORDLIST:  # what the prompt guardian makes of each prompt, for the records
+        details = [{"prompt_guardian": v} for v in Guardian().verdicts(_asked(prepared))]
 
     def scored(replies: Sequence[str]) -> Scored:
-        return _flags(safety.jailbreak_success_rate(refusals.flags(replies), harm(replies)).scores, judged_by)
+        flags = safety.jailbreak_success_rate(refusals.flags(replies), harm(replies)).scores
+        return Scored(flags, judged_by, details)
 
     return scored
+
+
+def _asked(prepared: Prepared) -> list[str]:
+    """Per row, the request: a prompt row's prompt, a chat row's last user message."""
+    pairs = zip(prepared.prompts, prepared.items, strict=True)
+    return [p if isinstance(p, str) else str(i.get("prompt", "")) for p, i in pairs]
 
 
 def _mean(values: Sequence[float]) -> float:
