@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# what the image's environment brings besides the pod's env (trainer_image/Dockerfile) and what tests set
-BASE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+from finetune_trainer.builtin import cache_root
+
+# what the image's environment brings besides the pod's env (trainer_image/Dockerfile: the bundled models and
+# classifiers ready in FINETUNE_CACHE, here the one `make env` filled) and what tests set
+BASE_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "TOKENIZERS_PARALLELISM": "false",
+    "FINETUNE_CACHE": str(cache_root()),
+}
 VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 ANNOTATION = re.compile(r"^metadata\.annotations\['([^']+)'\]$")
 
