@@ -41,6 +41,7 @@ lint: env
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy operator trainer_image
 	$(BIN)/lint-imports
+	$(BIN)/hadolint operator/Dockerfile trainer_image/Dockerfile
 
 # kube-apiserver, kube-controller-manager and etcd from the pinned Go modules; cached by version outside
 # the repository (~/.cache/finetune-operator/kube/), so only a cold machine compiles.
