@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -50,8 +50,10 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
     status = scenario.wait_phase("Training")
     assert status["dataReport"]["rows"] == {"training": 1000, "validation": 100}
 
-    now = datetime.now(UTC).isoformat()
-    scenario.put("progress.json", {"step": 120, "totalSteps": 480, "loss": 1.25, "updatedAt": now})
+    # the trainer reports 120 of 480 steps 10 minutes after training started: 30 minutes to go
+    reported = datetime.fromisoformat(status["startTime"]) + timedelta(minutes=10)
+    progress = {"step": 120, "totalSteps": 480, "loss": 1.25, "updatedAt": reported.isoformat()}
+    scenario.put("progress.json", progress)
     eventually(
         lambda: "120/480" in scenario.cluster.kubectl("get", "ftj", NAME, "-n", scenario.namespace).stdout, 20
     )
@@ -59,6 +61,7 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
         scenario.cluster.kubectl("get", "ftj", NAME, "-n", scenario.namespace).stdout.splitlines()[1].split()
     )
     assert row[1:6] == ["Training", "sft", "120/480", "(25%)", "1.25"]
+    assert wide_column(scenario, "ETA") == "30m"
 
     scenario.checkpoint(240, eval_loss=0.9)
     scenario.checkpoint(480, eval_loss=1.1)
@@ -82,6 +85,16 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
     assert reasons[-1] == "Completed"
     assert any(m.startswith("data gates passed (1000 training rows") for _, m in scenario.events())
     assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", f"{NAME}-validate"]
+
+
+def wide_column(scenario: Scenario, column: str) -> str:
+    """The value the API server's table gives `column` in `kubectl get ftj -o wide` ("" when empty: cells
+    are left-aligned under their header)."""
+    header, row = scenario.cluster.kubectl(
+        "get", "ftj", NAME, "-n", scenario.namespace, "-o", "wide"
+    ).stdout.splitlines()[:2]
+    start = header.index(f" {column} ") + 1
+    return row[start:].split(" ", 1)[0]
 
 
 def test_failed_data_gates_end_failed_with_the_rule(scenario: Scenario) -> None:
