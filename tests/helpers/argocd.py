@@ -5,15 +5,21 @@ re-apply of a job's manifest as Argo CD syncs it (server-side apply under its ow
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lupa.lua51 import LuaRuntime
 
 from helpers.support import ROOT
 
 HEALTH = ROOT / "helm" / "finetune-operator" / "files" / "health"
 SCRIPTS = {"FineTuneJob": HEALTH / "finetunejob.lua", "EvalGate": HEALTH / "evalgate.lua"}
+ARGOCD_FIELD_MANAGER = "argocd-controller"
+# kubectl's client-side apply bookkeeping, which `kubectl apply --server-side` drops when it takes over the
+# fields a client-side apply managed (the tests create the job with a client-side apply)
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 _SANDBOXED = """
 return function(source, obj)
@@ -65,3 +71,36 @@ def check_health(obj: dict[str, Any]) -> tuple[str, str]:
     for part in named:
         assert part in message, (part, message)
     return got, message
+
+
+def reapply_changes_nothing(cluster: Any, manifest: dict[str, Any], pause: float = 1.0) -> None:
+    """Apply `manifest` again as Argo CD syncs it: the apply must not conflict, and neither the spec and
+    metadata that others set nor the operator's status may change (also after the operator saw it)."""
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+
+    def essence() -> dict[str, Any]:
+        obj = cluster.ftj(namespace, name)
+        meta = obj["metadata"]
+        annotations = dict(meta.get("annotations") or {})
+        annotations.pop(LAST_APPLIED, None)
+        kept = ("generation", "labels", "finalizers")
+        return {"spec": obj["spec"], "status": obj.get("status"), "annotations": annotations} | {
+            k: meta.get(k) for k in kept
+        }
+
+    before = essence()
+    applied = cluster.kubectl(
+        "apply",
+        "--server-side",
+        f"--field-manager={ARGOCD_FIELD_MANAGER}",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(manifest),
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr  # a conflict fails the apply (no --force-conflicts)
+    after = essence()
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    time.sleep(pause)  # the apply is a watch event: give the operator time to (wrongly) act on it
+    later = essence()
+    assert later == before, {k: (before[k], later[k]) for k in before if before[k] != later[k]}

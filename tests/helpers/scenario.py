@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 
-from helpers.argocd import check_health
+from helpers.argocd import check_health, reapply_changes_nothing
 from helpers.kube import Cluster
 from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from helpers.s3server import client as s3_client
@@ -32,12 +32,14 @@ OUTPUT = "s3://finetune-models/support/"
 class Scenario:
     """One FineTuneJob in its own namespace, with its Secret, bucket and the helpers to drive it.
 
-    Each phase a test waits for is recorded in `seen` (the whole object) and its Argo CD health checked."""
+    Each phase a test waits for is recorded in `seen` (the whole object) and its Argo CD health checked;
+    with `gitops`, the applied manifest is also re-applied there as Argo CD syncs it, changing nothing."""
 
     cluster: Cluster
     s3: S3Server
     namespace: str
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gitops: bool = False
 
     def apply(self, patch: dict[str, Any] | None = None, base: str = "sft-support-assistant.yaml") -> None:
         manifest = merge_patch(
@@ -56,6 +58,7 @@ class Scenario:
             ),
         )
         self.name = manifest["metadata"]["name"]
+        self.manifest = manifest
         self.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(manifest))
 
     @property
@@ -76,6 +79,8 @@ class Scenario:
         )
         self.seen[phase] = obj
         check_health(obj)
+        if self.gitops:
+            reapply_changes_nothing(self.cluster, self.manifest)
         return dict(obj["status"])
 
     def wide_column(self, column: str) -> str:

@@ -90,6 +90,7 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
 
 
 def test_failed_data_gates_end_failed_with_the_rule(scenario: Scenario) -> None:
+    scenario.gitops = True
     scenario.apply()
     scenario.wait_job(f"{NAME}-validate")
     scenario.report(
@@ -123,6 +124,7 @@ def test_failed_attempts_resume_then_fail_at_the_retry_limit(scenario: Scenario)
 
 
 def test_suspend_stops_pods_and_resume_continues(scenario: Scenario) -> None:
+    scenario.gitops = True  # a sync that does not name spec.suspend leaves the user's suspension alone
     scenario.apply()
     scenario.validate()
     scenario.wait_job(f"{NAME}-train-1")
@@ -293,6 +295,7 @@ def test_restarts_at_every_phase_boundary_duplicate_nothing(
 
 
 def test_gate_passes_a_reviewer_approves_and_the_promoted_digest_lands_in_status(scenario: Scenario) -> None:
+    scenario.gitops = True  # at every phase, a sync of the same manifest changes nothing
     gated(scenario, approvers={"users": ["admin"]})  # the suite's own identity (test_approvals has others)
     job = scenario.wait_job(f"{NAME}-evaluate")
     contract = json.loads(job.spec.template.metadata.annotations["finetune.dev/trainer-config"])
@@ -460,6 +463,7 @@ def test_unusable_results_fail_closed(
 
 
 def test_a_reviewer_can_reject_a_passing_candidate(scenario: Scenario) -> None:
+    scenario.gitops = True
     gated(scenario, approvers={"users": ["admin"]})
     scenario.wait_job(f"{NAME}-evaluate")
     scenario.put("eval/report.json", evaluation())
