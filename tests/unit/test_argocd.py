@@ -38,3 +38,8 @@ def test_a_job_the_operator_has_not_seen_yet_is_progressing() -> None:
     job = example("sft-support-assistant.yaml")
     assert "status" not in job
     assert health(job) == ("Progressing", "waiting for the operator to pick the job up")
+
+
+def test_a_phase_this_script_does_not_know_is_unknown() -> None:
+    job = example("sft-support-assistant.yaml") | {"status": {"phase": "Archived"}}  # a later API's phase
+    assert health(job) == ("Unknown", "unknown phase Archived")
