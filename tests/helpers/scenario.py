@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from kubernetes import client as k8s
 
+from helpers.argocd import check_health, reapply_changes_nothing
 from helpers.kube import Cluster
 from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from helpers.s3server import client as s3_client
@@ -29,11 +30,16 @@ OUTPUT = "s3://finetune-models/support/"
 
 @dataclass
 class Scenario:
-    """One FineTuneJob in its own namespace, with its Secret, bucket and the helpers to drive it."""
+    """One FineTuneJob in its own namespace, with its Secret, bucket and the helpers to drive it.
+
+    Each phase a test waits for is recorded in `seen` (the whole object) and its Argo CD health checked;
+    with `gitops`, the applied manifest is also re-applied there as Argo CD syncs it, changing nothing."""
 
     cluster: Cluster
     s3: S3Server
     namespace: str
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gitops: bool = False
 
     def apply(self, patch: dict[str, Any] | None = None, base: str = "sft-support-assistant.yaml") -> None:
         manifest = merge_patch(
@@ -52,18 +58,38 @@ class Scenario:
             ),
         )
         self.name = manifest["metadata"]["name"]
+        self.manifest = manifest
         self.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(manifest))
 
     @property
     def status(self) -> dict[str, Any]:
         return self.cluster.ftj(self.namespace, self.name).get("status", {})
 
+    @property
+    def object(self) -> dict[str, Any]:
+        return self.cluster.ftj(self.namespace, self.name)
+
     def wait_phase(self, phase: str, timeout: float = 30) -> dict[str, Any]:
-        return eventually(
-            lambda: self.status if self.status.get("phase") == phase else None,
-            timeout,
-            f"{self.name} never reached {phase}; status: {self.status}",
+        def reached() -> dict[str, Any] | None:
+            current = self.object
+            return current if current.get("status", {}).get("phase") == phase else None
+
+        obj: dict[str, Any] = eventually(
+            reached, timeout, f"{self.name} never reached {phase}: {self.status}"
         )
+        self.seen[phase] = obj
+        check_health(obj)
+        if self.gitops:
+            reapply_changes_nothing(self.cluster, self.manifest)
+        return dict(obj["status"])
+
+    def wide_column(self, column: str) -> str:
+        """The value the API server's table gives `column` in `kubectl get ftj -o wide` ("" when empty:
+        cells are left-aligned under their header)."""
+        listed = self.cluster.kubectl("get", "ftj", self.name, "-n", self.namespace, "-o", "wide").stdout
+        header, row = listed.splitlines()[:2]
+        start = header.index(f" {column} ") + 1
+        return row[start:].split(" ", 1)[0]
 
     def wait_job(self, name: str) -> k8s.V1Job:
         batch = k8s.BatchV1Api(self.cluster.api)
@@ -95,6 +121,7 @@ class Scenario:
 
     def validate(self) -> None:
         self.wait_job(f"{self.name}-validate")
+        self.wait_phase("ValidatingData")
         self.report()
         self.cluster.finish_job(self.namespace, f"{self.name}-validate")
 
@@ -133,6 +160,7 @@ def gated(scenario: Scenario, **gate_spec: Any) -> None:
     scenario.apply({"spec": {"evalGateRef": {"name": "support-release"}, "outputUri": OUTPUT}})
     scenario.validate()
     scenario.wait_job(f"{NAME}-train-1")
+    scenario.wait_phase("Training")
     scenario.checkpoint(240, eval_loss=0.9)
     scenario.cluster.finish_job(scenario.namespace, f"{NAME}-train-1")
 

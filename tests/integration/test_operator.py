@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
+from helpers.argocd import health
 from helpers.operator_process import OperatorProcess
 from helpers.s3server import ACCESS_KEY, SECRET_KEY
 from helpers.s3server import client as s3_client
@@ -50,8 +51,10 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
     status = scenario.wait_phase("Training")
     assert status["dataReport"]["rows"] == {"training": 1000, "validation": 100}
 
-    now = datetime.now(UTC).isoformat()
-    scenario.put("progress.json", {"step": 120, "totalSteps": 480, "loss": 1.25, "updatedAt": now})
+    # the trainer reports 120 of 480 steps 10 minutes after training started: 30 minutes to go
+    reported = datetime.fromisoformat(status["startTime"]) + timedelta(minutes=10)
+    progress = {"step": 120, "totalSteps": 480, "loss": 1.25, "updatedAt": reported.isoformat()}
+    scenario.put("progress.json", progress)
     eventually(
         lambda: "120/480" in scenario.cluster.kubectl("get", "ftj", NAME, "-n", scenario.namespace).stdout, 20
     )
@@ -59,6 +62,8 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
         scenario.cluster.kubectl("get", "ftj", NAME, "-n", scenario.namespace).stdout.splitlines()[1].split()
     )
     assert row[1:6] == ["Training", "sft", "120/480", "(25%)", "1.25"]
+    assert scenario.wide_column("ETA") == "30m"
+    assert health(scenario.object) == ("Progressing", "Training: step 120/480 (25%), 30m left")
 
     scenario.checkpoint(240, eval_loss=0.9)
     scenario.checkpoint(480, eval_loss=1.1)
@@ -85,6 +90,7 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
 
 
 def test_failed_data_gates_end_failed_with_the_rule(scenario: Scenario) -> None:
+    scenario.gitops = True
     scenario.apply()
     scenario.wait_job(f"{NAME}-validate")
     scenario.report(
@@ -96,6 +102,7 @@ def test_failed_data_gates_end_failed_with_the_rule(scenario: Scenario) -> None:
     assert failed["reason"] == "DataGatesFailed"
     assert "duplicate rate 4.1% > 2.0% (41 of 1000 rows)" in failed["message"]
     assert status["dataReport"]["duplicateRate"] == 0.041
+    assert health(scenario.seen["Failed"]) == ("Degraded", f"Failed (DataGatesFailed): {failed['message']}")
     assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-validate"]  # no GPU was ever asked for
 
 
@@ -117,6 +124,7 @@ def test_failed_attempts_resume_then_fail_at_the_retry_limit(scenario: Scenario)
 
 
 def test_suspend_stops_pods_and_resume_continues(scenario: Scenario) -> None:
+    scenario.gitops = True  # a sync that does not name spec.suspend leaves the user's suspension alone
     scenario.apply()
     scenario.validate()
     scenario.wait_job(f"{NAME}-train-1")
@@ -127,6 +135,7 @@ def test_suspend_stops_pods_and_resume_continues(scenario: Scenario) -> None:
     status = scenario.wait_phase("Suspended")
     suspended = next(c for c in status["conditions"] if c["type"] == "Suspended")
     assert "resume from step 300" in suspended["message"]
+    assert health(scenario.seen["Suspended"]) == ("Suspended", suspended["message"])
     assert eventually(lambda: scenario.wait_job(f"{NAME}-train-1").spec.suspend, 10)
     scenario.cluster.kubectl(
         "patch", "ftj", NAME, "-n", scenario.namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}'
@@ -145,6 +154,7 @@ def test_kueue_queue_label_and_suspended_creation(scenario: Scenario) -> None:
     status = scenario.wait_phase("Pending")
     queued = next(c for c in status["conditions"] if c["type"] == "PodsScheduled")
     assert (queued["status"], queued["reason"]) == ("False", "Queued")
+    assert health(scenario.seen["Pending"]) == ("Progressing", f"Pending: {queued['message']}")
     # Kueue admits it: the operator leaves the admission alone and reports training
     k8s.BatchV1Api(scenario.cluster.api).patch_namespaced_job(
         f"{NAME}-train-1", scenario.namespace, {"spec": {"suspend": False}}
@@ -285,29 +295,40 @@ def test_restarts_at_every_phase_boundary_duplicate_nothing(
 
 
 def test_gate_passes_a_reviewer_approves_and_the_promoted_digest_lands_in_status(scenario: Scenario) -> None:
+    scenario.gitops = True  # at every phase, a sync of the same manifest changes nothing
     gated(scenario, approvers={"users": ["admin"]})  # the suite's own identity (test_approvals has others)
     job = scenario.wait_job(f"{NAME}-evaluate")
     contract = json.loads(job.spec.template.metadata.annotations["finetune.dev/trainer-config"])
     assert contract["evaluation"]["checkpointStep"] == 240
     assert job.spec.template.spec.containers[0].command[-3] == "evaluate"
     scenario.wait_phase("Evaluating")
+    assert health(scenario.seen["Evaluating"]) == (
+        "Progressing",
+        f"Evaluating: job {NAME}-evaluate evaluates step 240 on 7 suites of EvalGate support-release",
+    )
+    assert health(evalgate(scenario)) == ("Healthy", "no evaluation yet")
     scenario.put("eval/report.json", evaluation())
     scenario.cluster.finish_job(scenario.namespace, f"{NAME}-evaluate")
     status = scenario.wait_phase("AwaitingApproval")
     assert status["gate"]["verdict"] == "Passed"
     assert status["gate"]["reportUri"].endswith("/eval/report.json")
-    gate = scenario.cluster.custom.get_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", scenario.namespace, "evalgates", "support-release"
+    verdict = status["gate"]["verdictId"]
+    assert health(scenario.seen["AwaitingApproval"]) == (
+        "Suspended",
+        f"awaiting approval of verdict {verdict}: the gate passed and requires approval: annotate with "
+        f"finetune.dev/approve={verdict} and finetune.dev/approved-by=<your user name> to promote, or "
+        f"finetune.dev/reject={verdict} and finetune.dev/rejected-by=<your user name> to reject",
     )
+    gate = evalgate(scenario)
     assert gate["status"]["lastVerdict"] == "Passed"
     assert [(e["job"], e["verdict"]) for e in gate["status"]["history"]] == [(NAME, "Passed")]
+    assert health(gate) == ("Healthy", f"last verdict Passed for job {NAME} (1 evaluation kept)")
     assert scenario.cluster.job_names(scenario.namespace) == [
         f"{NAME}-evaluate",
         f"{NAME}-train-1",
         f"{NAME}-validate",
     ]
 
-    verdict = status["gate"]["verdictId"]
     scenario.cluster.kubectl(
         "annotate",
         "ftj",
@@ -324,6 +345,8 @@ def test_gate_passes_a_reviewer_approves_and_the_promoted_digest_lands_in_status
     assert (target["approval"]["by"], target["approval"]["verdictId"]) == ("admin", verdict)
     status = scenario.wait_phase("Promoting")
     assert status["approval"]["decision"] == "Approved"
+    assert health(scenario.seen["Promoting"])[0] == "Progressing"
+    assert health(scenario.seen["Promoting"])[1].startswith(f"Promoting: job {NAME}-promote")
 
     version = target["versionUri"]
     assert version.startswith(OUTPUT)
@@ -341,9 +364,17 @@ def test_gate_passes_a_reviewer_approves_and_the_promoted_digest_lands_in_status
     assert conditions["GatePassed"] == ("True", "GatePassed")
     assert conditions["Approved"] == ("True", "Approved")
     assert conditions["Promoted"] == ("True", "Promoted")
+    assert health(scenario.seen["Succeeded"])[1].endswith(f"(promoted to {version})")
     reasons = [r for r, _ in scenario.events()]
     for reason in ("EvaluationRunning", "ApprovalPending", "PromotionRunning", "Completed"):
         assert reason in reasons
+
+
+def evalgate(scenario: Scenario) -> dict[str, Any]:
+    gate: dict[str, Any] = scenario.cluster.custom.get_namespaced_custom_object(
+        "finetune.dev", "v1alpha1", scenario.namespace, "evalgates", "support-release"
+    )
+    return gate
 
 
 def promoted_objects(scenario: Scenario) -> list[str]:
@@ -432,6 +463,7 @@ def test_unusable_results_fail_closed(
 
 
 def test_a_reviewer_can_reject_a_passing_candidate(scenario: Scenario) -> None:
+    scenario.gitops = True
     gated(scenario, approvers={"users": ["admin"]})
     scenario.wait_job(f"{NAME}-evaluate")
     scenario.put("eval/report.json", evaluation())
@@ -451,4 +483,8 @@ def test_a_reviewer_can_reject_a_passing_candidate(scenario: Scenario) -> None:
     assert status["approval"]["decision"] == "Rejected"
     assert status["approval"]["by"] == "admin"
     assert status["approval"]["comment"] == "not this quarter"
+    assert health(scenario.seen["Rejected"]) == (
+        "Degraded",
+        f"Rejected (RejectedByReviewer): verdict {verdict} rejected by admin: not this quarter",
+    )
     assert f"{NAME}-promote" not in scenario.cluster.job_names(scenario.namespace)

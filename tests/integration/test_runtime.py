@@ -23,6 +23,7 @@ from finetune_operator.kube.client import KubeClient
 from finetune_operator.observed import Decision, Observed
 from finetune_operator.reconcile import reconcile
 from finetune_operator.settings import Settings
+from helpers.argocd import health
 from helpers.kube import Cluster
 from helpers.support import example
 
@@ -85,11 +86,14 @@ def test_a_loop_that_meets_non_api_errors_says_so_on_the_job_and_recovers(
     caplog.set_level(logging.INFO, logger="finetune_operator")
     seen = asyncio.run(drive(cluster, str(cluster.plane.kubeconfig), monkeypatch))
 
-    failing = next((c for b in seen if (c := condition(b, "ReconcileError")) and c["status"] == "True"), None)
-    assert failing is not None, "the job never said its reconcile kept failing"
+    body = next((b for b in seen if (c := condition(b, "ReconcileError")) and c["status"] == "True"), None)
+    assert body is not None, "the job never said its reconcile kept failing"
+    failing = condition(body, "ReconcileError")
+    assert failing is not None
     assert failing["reason"] == "ReconcileFailing"
     assert f"{FAILURES_TO_REPORT} or more times in a row" in failing["message"]
     assert "RuntimeError: injected: something else entirely" in failing["message"]
+    assert health(body) == ("Degraded", f"the operator cannot reconcile this job: {failing['message']}")
 
     final = seen[-1]
     assert condition(final, "ReconcileError") == condition(final, "ReconcileError") | {
@@ -97,6 +101,7 @@ def test_a_loop_that_meets_non_api_errors_says_so_on_the_job_and_recovers(
         "reason": "Reconciled",
     }
     assert final["status"]["phase"] == "ValidatingData"  # the job went on where it stood
+    assert health(final)[0] == "Progressing"
     assert cluster.job_names(NAMESPACE) == [f"{NAME}-validate"]
 
     lines = [r for r in caplog.records if r.name == "finetune_operator"]

@@ -18,6 +18,7 @@ from finetune_operator.reconcile import (
     StorageObservation,
     reconcile,
 )
+from finetune_operator.reconcile.status import remaining
 from finetune_operator.settings import Settings
 from helpers.support import example, merge_patch
 
@@ -260,7 +261,26 @@ def test_progress_reaches_status_with_eta() -> None:
     progress = decision.status.progress
     assert (progress.summary, progress.percent, progress.loss) == ("120/480 (25%)", 25, 1.25)
     assert progress.eta == NOW + timedelta(minutes=30)
+    assert progress.remaining == "30m"
     assert decision.requeue_after <= 30
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0, "<1m"),
+        (59, "<1m"),
+        (60, "1m"),
+        (719, "11m"),
+        (3599, "59m"),
+        (3900, "1h05m"),
+        (86399, "23h59m"),
+        (86400, "1d00h"),
+        (3 * 86400 + 7200 + 59, "3d02h"),
+    ],
+)
+def test_remaining_time_reads_like_kubectl_ages(seconds: int, shown: str) -> None:
+    assert remaining(timedelta(seconds=seconds)) == shown
 
 
 @pytest.mark.parametrize(

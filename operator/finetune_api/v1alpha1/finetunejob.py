@@ -376,7 +376,7 @@ FINETUNEJOB_CRD = CrdNames(
         PrinterColumn("Loss", ".status.progress.loss", type="number"),
         PrinterColumn("Gate", ".status.gate.verdict"),
         PrinterColumn("Verdict ID", ".status.gate.verdictId", priority=1),
-        PrinterColumn("ETA", ".status.progress.eta", type="date", priority=1),
+        PrinterColumn("ETA", ".status.progress.remaining", priority=1),
         PrinterColumn("Attempts", ".status.attempts", type="integer", priority=1),
     ),
 )

@@ -24,6 +24,10 @@ class Progress(ApiModel):
     percent: Annotated[int, Field(ge=0, le=100)] | None = None
     summary: ShortText | None = Field(default=None, description='"step/total (percent%)", for kubectl get.')
     eta: datetime | None = None
+    remaining: ShortText | None = Field(
+        default=None,
+        description='Time left at the rate so far, as of updatedAt ("12m", "1h05m"), for kubectl get.',
+    )
     updated_at: datetime | None = None
 
 

@@ -52,14 +52,19 @@ def data_report(report: DataValidationReport, uri: str) -> DataReport:
 
 
 def progress(report: ProgressReport, started: datetime | None) -> Progress:
-    """Progress as `kubectl get ftj` shows it; the ETA extrapolates the rate since training started."""
+    """Progress as `kubectl get ftj` shows it; the ETA extrapolates the rate since training started.
+
+    The time left is written as of the trainer's report (`updatedAt`), not as of this reconcile, so the
+    status changes only when the trainer reports again (a date column would show a future ETA as
+    `<invalid>`)."""
     step, total = report.step, report.total_steps
     percent = min(100, int(100 * step / total))
-    eta = None
+    eta = left = None
     if started is not None and 0 < step < total:
         elapsed = (report.updated_at - started).total_seconds()
         if elapsed > 0:
-            eta = report.updated_at + timedelta(seconds=elapsed / step * (total - step))
+            left = timedelta(seconds=elapsed / step * (total - step))
+            eta = report.updated_at + left
     return Progress(
         step=step,
         total_steps=total,
@@ -70,8 +75,21 @@ def progress(report: ProgressReport, started: datetime | None) -> Progress:
         percent=percent,
         summary=f"{step}/{total} ({percent}%)",
         eta=eta,
+        remaining=None if left is None else remaining(left),
         updated_at=report.updated_at,
     )
+
+
+def remaining(left: timedelta) -> str:
+    """A duration as kubectl prints ages, to the minute: "<1m", "12m", "1h05m", "2d03h"."""
+    minutes = int(left.total_seconds() // 60)
+    if minutes < 1:
+        return "<1m"
+    hours, minutes = divmod(minutes, 60)
+    if hours == 0:
+        return f"{minutes}m"
+    days, hours = divmod(hours, 24)
+    return f"{hours}h{minutes:02d}m" if days == 0 else f"{days}d{hours:02d}h"
 
 
 def checkpoint_records(
