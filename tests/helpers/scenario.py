@@ -42,21 +42,17 @@ class Scenario:
     gitops: bool = False
 
     def apply(self, patch: dict[str, Any] | None = None, base: str = "sft-support-assistant.yaml") -> None:
-        manifest = merge_patch(
-            example(base),
-            merge_patch(
-                {
-                    "metadata": {"namespace": self.namespace},
-                    "spec": {
-                        "evalGateRef": None,
-                        "outputUri": None,
-                        "storage": {"endpoint": self.s3.endpoint, "bucket": BUCKET},
-                        "resources": {"queueName": None},
-                    },
-                },
-                patch or {},
-            ),
-        )
+        here = {
+            "metadata": {"namespace": self.namespace},
+            "spec": {
+                "evalGateRef": None,
+                "outputUri": None,
+                "storage": {"endpoint": self.s3.endpoint, "bucket": BUCKET},
+                "resources": {"queueName": None},
+            },
+        }
+        # one patch after the other: a null in `patch` removes a field of the example
+        manifest = merge_patch(merge_patch(example(base), here), patch or {})
         self.name = manifest["metadata"]["name"]
         self.manifest = manifest
         self.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(manifest))
@@ -152,12 +148,14 @@ def new_scenario(cluster: Cluster, s3: S3Server) -> Scenario:
     return Scenario(cluster, s3, namespace)
 
 
-def gated(scenario: Scenario, **gate_spec: Any) -> None:
-    """A job with an EvalGate (made in its namespace from the example, patched), trained to step 240."""
+def gated(scenario: Scenario, job_spec: dict[str, Any] | None = None, **gate_spec: Any) -> None:
+    """A job (the example, its spec merge-patched with `job_spec`) with an EvalGate (made in its
+    namespace from the example, patched), trained to step 240."""
     gate = merge_patch(example("evalgate-support-release.yaml"), {"spec": gate_spec})
     gate["metadata"]["namespace"] = scenario.namespace
     scenario.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(gate))
-    scenario.apply({"spec": {"evalGateRef": {"name": "support-release"}, "outputUri": OUTPUT}})
+    spec = {"evalGateRef": {"name": "support-release"}, "outputUri": OUTPUT, **(job_spec or {})}
+    scenario.apply({"spec": spec})
     scenario.validate()
     scenario.wait_job(f"{NAME}-train-1")
     scenario.wait_phase("Training")

@@ -226,6 +226,23 @@ def test_training_pod_spec() -> None:
     assert "finetune-s3" not in created(decision, "ConfigMap")[0]["data"]["trainer.json"]
 
 
+@pytest.mark.parametrize(
+    ("named", "default", "expected"),
+    [
+        ("finetune-trainer", "chart-trainer", "finetune-trainer"),
+        (None, "chart-trainer", "chart-trainer"),
+        (None, "", None),  # neither: the namespace's default ServiceAccount
+    ],
+)
+def test_trainer_pods_run_as_the_jobs_service_account_else_the_operators_default(
+    named: str | None, default: str, expected: str | None
+) -> None:
+    job = validated(ftj(patch={"spec": {"serviceAccountName": named}}))
+    settings = Settings(trainer_image="registry.example/trainer:1", trainer_service_account=default)
+    decision = reconcile(observe(job, validation=JobObservation("v", outcome="Complete")), settings)
+    assert created(decision, "Job")[0]["spec"]["template"]["spec"].get("serviceAccountName") == expected
+
+
 def test_multi_node_is_an_indexed_job_with_headless_service_and_rendezvous_env() -> None:
     job = validated(ftj("dpo-helpfulness.yaml"))
     decision = reconcile(observe(job, validation=JobObservation("v", outcome="Complete")), SETTINGS)

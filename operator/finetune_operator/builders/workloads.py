@@ -157,8 +157,9 @@ def _pod_spec(
         ],
         "volumes": volumes,
     }
-    if job.spec.service_account_name:
-        spec["serviceAccountName"] = job.spec.service_account_name
+    service_account = job.spec.service_account_name or settings.trainer_service_account
+    if service_account:
+        spec["serviceAccountName"] = service_account
     if job.spec.resources.priority_class_name:
         spec["priorityClassName"] = job.spec.resources.priority_class_name
     return spec
