@@ -6,6 +6,7 @@ fixtures that run the operator and give each test a `Scenario` are in tests/inte
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -111,6 +112,18 @@ class Scenario:
         self.put(
             "data-report.json", {"passed": passed, "rows": {"training": 1000, "validation": 100}, **fields}
         )
+
+    def publish(self, version_uri: str) -> str:
+        """Play the promote pod: write the version's manifest under `version_uri` and finish the promote
+        Job. Returns the digest the operator should record (`sha256:` of the manifest's bytes)."""
+        bucket, _, prefix = version_uri.removeprefix("s3://").partition("/")
+        storage = s3_client(self.s3.endpoint)
+        if bucket not in [b["Name"] for b in storage.list_buckets()["Buckets"]]:
+            storage.create_bucket(Bucket=bucket)
+        manifest = b'{"formatVersion": 1}'
+        storage.put_object(Bucket=bucket, Key=prefix + "MANIFEST.json", Body=manifest)
+        self.cluster.finish_job(self.namespace, f"{self.name}-promote")
+        return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
     def checkpoint(self, step: int, **metrics: float) -> None:
         self.put(f"checkpoints/step-{step:09d}/COMPLETE", {"step": step, "metrics": metrics})

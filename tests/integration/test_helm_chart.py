@@ -8,7 +8,6 @@ the rendered Deployment, through a gated job to promotion, which proves its RBAC
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,7 +27,6 @@ from controlplane.cluster import ControlPlane, running
 from helpers.kube import Cluster
 from helpers.operator_process import OperatorProcess
 from helpers.s3server import S3Server
-from helpers.s3server import client as s3_client
 from helpers.scenario import NAME, OUTPUT, Scenario, evaluation, gated, new_scenario
 from helpers.support import ROOT, eventually
 
@@ -345,16 +343,10 @@ def promoted(scenario: Scenario) -> None:
     )  # fmt: skip
     promote = scenario.wait_job(f"{NAME}-promote")
     target = json.loads(promote.spec.template.metadata.annotations["finetune.dev/trainer-config"])
-    bucket, _, prefix = target["promotion"]["versionUri"].removeprefix("s3://").partition("/")
     assert target["promotion"]["versionUri"].startswith(OUTPUT)
-    storage = s3_client(scenario.s3.endpoint)
-    if bucket not in [b["Name"] for b in storage.list_buckets()["Buckets"]]:
-        storage.create_bucket(Bucket=bucket)
-    manifest = b'{"formatVersion": 1}'
-    storage.put_object(Bucket=bucket, Key=prefix + "MANIFEST.json", Body=manifest)
-    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-promote")
+    digest = scenario.publish(target["promotion"]["versionUri"])
     status = scenario.wait_phase("Succeeded")
-    assert status["promoted"]["digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
+    assert status["promoted"]["digest"] == digest
     # events are best effort (a refusal is only logged): they were recorded under the chart's rights
     reasons = eventually(lambda: [r for r, _ in scenario.events()] or None, 10, "no events recorded")
     assert {"TrainingRunning", "PromotionRunning", "Completed"} <= set(reasons)

@@ -6,7 +6,6 @@ the operator's doing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from datetime import datetime, timedelta
@@ -350,16 +349,10 @@ def test_gate_passes_a_reviewer_approves_and_the_promoted_digest_lands_in_status
 
     version = target["versionUri"]
     assert version.startswith(OUTPUT)
-    bucket, _, prefix = version.removeprefix("s3://").partition("/")
-    storage = s3_client(scenario.s3.endpoint)
-    if bucket not in [b["Name"] for b in storage.list_buckets()["Buckets"]]:
-        storage.create_bucket(Bucket=bucket)
-    manifest = b'{"formatVersion": 1}'
-    storage.put_object(Bucket=bucket, Key=prefix + "MANIFEST.json", Body=manifest)
-    scenario.cluster.finish_job(scenario.namespace, f"{NAME}-promote")
+    digest = scenario.publish(version)
     status = scenario.wait_phase("Succeeded")
     assert status["promoted"]["uri"] == version
-    assert status["promoted"]["digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
+    assert status["promoted"]["digest"] == digest
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions["GatePassed"] == ("True", "GatePassed")
     assert conditions["Approved"] == ("True", "Approved")
