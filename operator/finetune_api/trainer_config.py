@@ -40,6 +40,8 @@ CONFIG_PATH = "/etc/finetune/trainer.json"
 # Environment variables a trainer reads besides the config file.
 ENV_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 ENV_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+ENV_METRICS_PORT = "FINETUNE_METRICS_PORT"  # the trainer's Prometheus endpoint (docs/metrics.md)
+METRICS_PORT = 9400  # what training pods serve on: container port `metrics`
 
 
 class ResolvedHyperparameters(ApiModel):

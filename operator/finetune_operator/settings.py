@@ -19,6 +19,7 @@ class Settings:
     cleanup_deadline_seconds: float = 300.0
     validation_cpu: str = "1"
     validation_memory: str = "4Gi"
+    metrics_port: int = 0  # Prometheus metrics (0: not served); the chart sets monitoring.metricsPort
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -32,4 +33,5 @@ class Settings:
             resync_seconds=float(env.get("FINETUNE_RESYNC_INTERVAL", "300")),
             s3_timeout_seconds=float(env.get("FINETUNE_S3_TIMEOUT", "10")),
             cleanup_deadline_seconds=float(env.get("FINETUNE_CLEANUP_DEADLINE", "300")),
+            metrics_port=int(env.get("FINETUNE_METRICS_PORT", "0")),
         )

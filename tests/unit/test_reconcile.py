@@ -484,3 +484,26 @@ def test_a_second_reconcile_of_the_same_world_asks_for_nothing() -> None:
     assert second.create == []
     assert second.apply == []
     assert second.events == []
+
+
+def test_a_phase_change_is_stamped_and_a_stay_keeps_the_stamp() -> None:
+    """`lastPhaseTransitionTime` times a wait (the "stuck" alerts read it): set when the phase changes,
+    kept while it does not."""
+    first = reconcile(observe(ftj()), SETTINGS)
+    assert first.status.phase == "ValidatingData"
+    assert first.status.last_phase_transition_time == NOW
+    later = NOW + timedelta(minutes=7)
+    job = ftj(phase="ValidatingData", lastPhaseTransitionTime=NOW.isoformat())
+    stayed = reconcile(observe(job, validation=JobObservation("v", active=1), now=later), SETTINGS)
+    assert stayed.status.last_phase_transition_time == NOW
+    moved = reconcile(
+        observe(
+            job,
+            validation=JobObservation("x-validate", outcome="Complete"),
+            storage=StorageObservation(PASSED),
+            now=later,
+        ),
+        SETTINGS,
+    )
+    assert moved.status.phase == "Pending"  # the example waits in a Kueue queue
+    assert moved.status.last_phase_transition_time == later

@@ -1,9 +1,11 @@
 """Progress reporting: `progress.json` in the run's staging prefix (what the operator reads into
-`kubectl get ftj`) and a Prometheus endpoint in the pod with the same figures.
+`kubectl get ftj`) and a Prometheus endpoint in the pod with the same figures, plus MFU and accelerator
+memory (docs/metrics.md is the contract; `flops.py` the MFU formula).
 
 The file is replaced whole at most every `PROGRESS_INTERVAL_SECONDS` and at the end; only the main
-process (rank 0) reports. The endpoint listens on `$FINETUNE_METRICS_PORT` (9400 in the image; off
-when unset).
+process (rank 0) reports and serves. The endpoint listens on `$FINETUNE_METRICS_PORT` (the operator sets
+9400 on training pods; off when unset). Every series carries the run's `namespace`, `finetunejob`, `run_id`
+and `method`: never `job` or `instance`, which Prometheus would rename.
 """
 
 from __future__ import annotations
@@ -17,46 +19,86 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from transformers import TrainerCallback
 
 from finetune_api.run_layout import PROGRESS_INTERVAL_SECONDS, ProgressReport
+from finetune_api.trainer_config import ENV_METRICS_PORT
+from finetune_trainer import flops
 from finetune_trainer.storage import Store
 
-METRICS_PORT_ENV = "FINETUNE_METRICS_PORT"
+LABELS = ("namespace", "finetunejob", "run_id", "method")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+    """The trainer's gauges, each bound to the run's labels. MFU and memory stay absent (no sample)
+    until there is an accelerator to report them for."""
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(f"finetune_trainer_{name}", doc, registry=self.registry)
+    def __init__(
+        self, labels: dict[str, str] | None = None, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.registry = registry or CollectorRegistry()
+        values = {name: (labels or {}).get(name, "") for name in LABELS}
+        self._families: dict[str, Gauge] = {}
+        self._values = values
+
+        def gauge(name: str, doc: str) -> Any:
+            family = Gauge(f"finetune_trainer_{name}", doc, list(LABELS), registry=self.registry)
+            self._families[name] = family
+            return family.labels(**values)
 
         self.step = gauge("step", "Optimizer steps done.")
         self.total_steps = gauge("total_steps", "Optimizer steps the run will take.")
         self.loss = gauge("loss", "Training loss, last logged.")
         self.eval_loss = gauge("eval_loss", "Evaluation loss, last evaluated.")
-        self.tokens_per_second = gauge("tokens_per_second", "Training tokens per second, recent.")
+        self.tokens_per_second = gauge("tokens_per_second", "Training tokens per second, recent, all ranks.")
         self.eta_seconds = gauge("eta_seconds", "Estimated seconds to the end of the run.")
+        self.last_step = gauge("last_step_timestamp_seconds", "When the last optimizer step ended (Unix s).")
+        self._optional: dict[str, str] = {
+            "mfu": "Model FLOPs utilisation, 0-1 (docs/metrics.md).",
+            "accelerator_memory_allocated_bytes": "Memory held by tensors on the accelerator.",
+            "accelerator_memory_peak_bytes": "Peak accelerator memory held by tensors since training began.",
+            "accelerator_memory_total_bytes": "The accelerator's memory.",
+        }
+
+    def set_optional(self, name: str, value: float) -> None:
+        """Set a gauge that exists only where it means something (MFU, accelerator memory)."""
+        if name not in self._families:
+            doc = self._optional[name]
+            name_ = f"finetune_trainer_{name}"
+            self._families[name] = Gauge(name_, doc, list(LABELS), registry=self.registry)
+        self._families[name].labels(**self._values).set(value)
 
     def serve(self) -> None:
-        port = os.environ.get(METRICS_PORT_ENV)
+        port = os.environ.get(ENV_METRICS_PORT)
         if port:
             start_http_server(int(port), registry=self.registry)
 
 
 class ProgressReporter(TrainerCallback):
-    def __init__(self, store: Store, uri: str, metrics: Metrics | None = None) -> None:
+    def __init__(self, store: Store, uri: str, metrics: Metrics | None = None, seq_len: int = 0) -> None:
         self.store = store
         self.uri = uri  # the run layout's progress.json
         self.metrics = metrics or Metrics()
+        self.seq_len = seq_len  # for the attention term of the FLOPs per token
+        self.flops_per_token = 0.0
+        self.peak = 0.0  # FLOP/s of all devices together; 0: no MFU
         self.report: dict[str, Any] = {}
         self.last_write = 0.0
         self.window: tuple[float, int] | None = None  # (time, tokens seen) at the last rate sample
         self.started = 0.0
         self.first_step = 0
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
         self.started = time.monotonic()
         self.first_step = state.global_step  # a resumed run starts past zero
         self.window = (self.started, state.num_input_tokens_seen or 0)
+        device = _accelerator()
+        mixed = bool(getattr(args, "bf16", False) or getattr(args, "fp16", False))
+        if device is not None and mixed and model is not None:
+            import torch  # noqa: PLC0415
+
+            peak = flops.peak_flops(torch.cuda.get_device_name(device))
+            if peak is not None:
+                total, trainable = flops.parameter_counts(model)
+                self.flops_per_token = flops.flops_per_token(model.config, total, trainable, self.seq_len)
+                self.peak = peak * max(1, int(getattr(args, "world_size", 1)))
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any
@@ -72,6 +114,8 @@ class ProgressReporter(TrainerCallback):
         self._maybe_write(state, force="eval_loss" in logs)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.metrics.last_step.set(time.time())
+        self._memory()
         self._maybe_write(state, force=False)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
@@ -84,7 +128,20 @@ class ProgressReporter(TrainerCallback):
             rate = (seen - self.window[1]) / (now - self.window[0])
             self.report["tokens_per_second"] = round(rate, 1)
             self.metrics.tokens_per_second.set(rate)
+            if self.peak:
+                self.metrics.set_optional("mfu", self.flops_per_token * rate / self.peak)
             self.window = (now, seen)
+
+    def _memory(self) -> None:
+        device = _accelerator()
+        if device is None:
+            return
+        import torch  # noqa: PLC0415
+
+        self.metrics.set_optional("accelerator_memory_allocated_bytes", torch.cuda.memory_allocated(device))
+        self.metrics.set_optional("accelerator_memory_peak_bytes", torch.cuda.max_memory_allocated(device))
+        total = torch.cuda.get_device_properties(device).total_memory
+        self.metrics.set_optional("accelerator_memory_total_bytes", total)
 
     def _maybe_write(self, state: Any, *, force: bool) -> None:
         total = max(1, state.max_steps or 1)
@@ -107,3 +164,12 @@ class ProgressReporter(TrainerCallback):
         )
         self.store.write_bytes(self.uri, report.model_dump_json(by_alias=True).encode())
         self.last_write = time.monotonic()
+
+
+def _accelerator() -> int | None:
+    """This process's CUDA device, or None on CPU."""
+    import torch  # noqa: PLC0415
+
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.current_device())

@@ -93,12 +93,13 @@ def main(config: TrainContract, workdir_path: Path | None = None) -> int:
         run, provenance = prepare(config, store, scratch)
         resume_step = latest_complete(store, staging)
         resume = restore(store, staging, resume_step, run.output_dir) if resume_step is not None else None
-        metrics = Metrics()
+        labels = {"namespace": config.namespace, "finetunejob": config.job_name, "run_id": config.run_id}
+        metrics = Metrics({**labels, "method": str(config.method)})
         if int(os.environ.get("RANK", "0")) == 0:
             metrics.serve()
         keep = config.checkpointing.keep_last
         run.callbacks += [
-            ProgressReporter(store, staging.progress, metrics),
+            ProgressReporter(store, staging.progress, metrics, config.hyperparameters.max_seq_length),
             StagingCheckpoints(store, staging, keep_last=keep, provenance=provenance),
             SaveAtEnd(),
         ]

@@ -109,6 +109,9 @@ class PromotedArtifact(ApiModel):
 
 class FineTuneJobStatus(ApiModel):
     phase: Phase = Phase.PENDING
+    last_phase_transition_time: datetime | None = Field(
+        default=None, description="When the job entered its current phase (unset: at its creation)."
+    )
     conditions: Annotated[list[Condition], Field(max_length=32)] = Field(default_factory=list)
     observed_generation: int | None = None
     run_id: ShortText | None = None

@@ -21,7 +21,9 @@ from finetune_api.base import GROUP, parse_duration
 from finetune_api.trainer_config import (
     CONFIG_PATH,
     ENV_ACCESS_KEY_ID,
+    ENV_METRICS_PORT,
     ENV_SECRET_ACCESS_KEY,
+    METRICS_PORT,
     EvaluateContract,
     PromoteContract,
     RunContract,
@@ -307,6 +309,9 @@ def training_job(
         extra_env=_rendezvous_env(job, name) if multi_node else None,
         shared_memory=True,
     )
+    (container,) = pod["containers"]
+    container["env"].append({"name": ENV_METRICS_PORT, "value": str(METRICS_PORT)})
+    container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]  # rank 0 serves
     if res.node_selector:
         pod["nodeSelector"] = dict(res.node_selector)
     if res.tolerations:

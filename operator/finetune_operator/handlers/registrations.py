@@ -8,6 +8,7 @@ runtime (`runtime.Runtime`) or storage.
   runPolicy.artifactCleanup Delete does an object carry a finalizer: it stops the Jobs, removes the run's
   staging prefix, and gives up on S3 after the cleanup deadline rather than block deletion forever.
 - Kopf's own bookkeeping lives in `finetune.dev/*` annotations; status holds only declared fields.
+- Every FineTuneJob event also refreshes its row in the metrics' job table (phase, method, since when).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from finetune_operator.handlers import parse
 from finetune_operator.handlers.observe import INDEXES, Observer
 from finetune_operator.handlers.runtime import Runtime
 from finetune_operator.kube.client import KubeClient
+from finetune_operator.metrics import METRICS, JobRow
 from finetune_operator.settings import Settings
 from finetune_operator.storage.s3 import delete_prefix
 
@@ -106,6 +108,10 @@ async def job_changed(
     """Start, feed or stop the object's reconcile loop. Kopf's daemons would do the same but put a
     finalizer on every object; this way only objects whose deletion needs work get one."""
     runtime: Runtime = memo.runtime
+    if type == "DELETED":
+        METRICS.table.update(namespace or "", name, None)
+    else:
+        METRICS.table.update(namespace or "", name, JobRow.of(body))
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
         runtime.stop(namespace or "", name)
         return

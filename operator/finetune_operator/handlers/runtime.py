@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from finetune_api.v1alpha1 import ConditionType, FineTuneJob, Reason
 from finetune_operator.handlers import parse
 from finetune_operator.handlers.observe import Indexes, Observer
 from finetune_operator.kube.client import KubeClient, KubeError
+from finetune_operator.metrics import METRICS, Metrics
 from finetune_operator.observed import Decision, JobObservation
 from finetune_operator.reconcile import invalid_spec, reconcile
 from finetune_operator.reconcile import status as st
@@ -74,7 +76,9 @@ class Worker:
     task: asyncio.Task[None] | None = None
 
 
-async def act(decision: Decision, job: FineTuneJob, kube: KubeClient, logger: JobLog) -> Expected:
+async def act(
+    decision: Decision, job: FineTuneJob, kube: KubeClient, logger: JobLog, metrics: Metrics = METRICS
+) -> Expected:
     """Children first, then the EvalGate's history, then events, then status: status is the commit point
     users and reconcile read, so whatever it says has already happened and been told."""
     namespace = job.metadata.namespace or ""
@@ -108,6 +112,7 @@ async def act(decision: Decision, job: FineTuneJob, kube: KubeClient, logger: Jo
     written = None
     if status != job.status.dump():
         await kube.patch_status(namespace, job.metadata.name, status)
+        metrics.record(job, decision.status, _now())
         written = status
     jobs = tuple(m["metadata"]["name"] for m in decision.create if m["kind"] == "Job")
     return Expected(written, jobs)
@@ -143,6 +148,7 @@ class Runtime:
         steps_at_once: int = STEPS_AT_ONCE,
         catch_up_seconds: float = CATCH_UP_SECONDS,
         reconcile_fn: Callable[..., Decision] = reconcile,
+        metrics: Metrics = METRICS,
     ) -> None:
         self.kube = kube
         self.observer = observer
@@ -150,6 +156,8 @@ class Runtime:
         self.steps = asyncio.Semaphore(steps_at_once)
         self.catch_up_seconds = catch_up_seconds
         self.reconcile = reconcile_fn
+        self.metrics = metrics
+        metrics.loops.set_function(lambda: len(self.workers))
 
     def wake(self, namespace: str | None, name: str | None) -> None:
         worker = self.workers.get((namespace or "", name or ""))
@@ -194,13 +202,13 @@ class Runtime:
             else:
                 decision = self.reconcile(await self.observer.observe(job, indexes), self.observer.settings)
             decision = _recovered(decision, job, _now())
-            return decision.requeue_after, await act(decision, job, self.kube, logger)
+            return decision.requeue_after, await act(decision, job, self.kube, logger, self.metrics)
         except KubeError as err:
             if err.status != 422 or problem is not None:
                 raise
             # a child the spec makes invalid (reconcile has already turned PermanentErrors into Failed)
             message = f"the API server refused a child object: {err.message}"
-            return None, await act(invalid_spec(job, message, _now()), job, self.kube, logger)
+            return None, await act(invalid_spec(job, message, _now()), job, self.kube, logger, self.metrics)
 
     async def _loop(self, worker: Worker, key: tuple[str, str], logger: JobLog, indexes: Indexes) -> None:
         """Reconcile one FineTuneJob until it reaches a terminal phase; cancelled when it is deleted."""
@@ -212,7 +220,11 @@ class Runtime:
                 worker.wake.clear()
                 try:
                     async with self.steps:
-                        requeue_after, expected = await self._step(worker, logger, indexes)
+                        started = time.perf_counter()
+                        try:
+                            requeue_after, expected = await self._step(worker, logger, indexes)
+                        finally:
+                            self.metrics.reconcile_duration.observe(time.perf_counter() - started)
                 except asyncio.CancelledError:
                     raise
                 except TemporaryError as err:
@@ -220,6 +232,7 @@ class Runtime:
                     requeue_after, expected = err.delay, Expected()
                 except Exception as err:
                     failures += 1
+                    self.metrics.reconcile_errors.labels(type(err).__name__).inc()
                     if isinstance(err, KubeError):
                         logger.warning(f"reconcile failed, retrying in {backoff:.0f}s: {err}")
                     else:

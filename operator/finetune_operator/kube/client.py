@@ -2,13 +2,15 @@
 
 Reads come from Kopf's watch-fed indexes (see handlers); this module only writes, plus the odd GET (a
 Secret for S3 credentials). One aiohttp session, authenticated the way kubectl is (kubeconfig or the
-in-cluster service account), reused for every request.
+in-cluster service account), reused for every request. Requests the API server refuses (other than an
+answer the caller expects, such as 409 on create) and requests that get no answer are counted in
+`finetune_operator_kube_api_errors_total` by verb and code.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -16,6 +18,7 @@ import aiohttp
 from finetune_api.base import API_VERSION
 from finetune_api.v1alpha1 import RESOURCES as API_RESOURCES
 from finetune_operator.kube import credentials
+from finetune_operator.metrics import METRICS, Metrics
 
 FIELD_MANAGER = "finetune-operator"
 APPLY = "application/apply-patch+yaml"
@@ -49,6 +52,7 @@ class KubeError(RuntimeError):
 class KubeClient:
     server: str
     session: aiohttp.ClientSession
+    metrics: Metrics = field(default=METRICS)
 
     @classmethod
     def connect(cls, user_agent: str = FIELD_MANAGER) -> KubeClient:
@@ -79,32 +83,44 @@ class KubeClient:
 
     async def _request(
         self,
+        verb: str,
         method: str,
         url: str,
         body: Any = None,
         content_type: str = "application/json",
         *,
         parse: bool = True,
+        expected: tuple[int, ...] = (),
         **params: str,
     ) -> dict[str, Any]:
-        """The response as a dict; `parse=False` skips decoding it (writes whose answer nobody reads)."""
+        """The response as a dict; `parse=False` skips decoding it (writes whose answer nobody reads).
+        A refusal raises KubeError; it counts as an API error unless its code is in `expected`."""
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
-        async with self.session.request(method, url, data=data, headers=headers, params=params) as response:
-            text = await response.text()
-            if response.status >= 400:
-                try:
-                    message = json.loads(text).get("message", text)
-                except ValueError:
-                    message = text
-                raise KubeError(response.status, message)
-            result: dict[str, Any] = json.loads(text) if text and parse else {}
-            return result
+        try:
+            async with self.session.request(
+                method, url, data=data, headers=headers, params=params
+            ) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError):
+            self.metrics.api_errors.labels(verb, "0").inc()
+            raise
+        if response.status >= 400:
+            if response.status not in expected:
+                self.metrics.api_errors.labels(verb, str(response.status)).inc()
+            try:
+                message = json.loads(text).get("message", text)
+            except ValueError:
+                message = text
+            raise KubeError(response.status, message)
+        result: dict[str, Any] = json.loads(text) if text and parse else {}
+        return result
 
     async def create(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create unless it exists; True if this call created it."""
         try:
-            await self._request("POST", self._url(manifest["kind"], namespace), manifest, parse=False)
+            url = self._url(manifest["kind"], namespace)
+            await self._request("create", "POST", url, manifest, parse=False, expected=(409,))
         except KubeError as err:
             if err.status == 409:
                 return False
@@ -115,7 +131,7 @@ class KubeClient:
         """Server-side apply of the fields in `manifest`, owned by the operator's field manager."""
         url = self._url(manifest["kind"], namespace, manifest["metadata"]["name"])
         await self._request(
-            "PATCH", url, manifest, APPLY, parse=False, fieldManager=FIELD_MANAGER, force="true"
+            "apply", "PATCH", url, manifest, APPLY, parse=False, fieldManager=FIELD_MANAGER, force="true"
         )
 
     async def patch_status(
@@ -132,7 +148,8 @@ class KubeClient:
         body: dict[str, Any] = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        await self._request("PATCH", self._url(kind, namespace, name, "status"), body, MERGE, parse=False)
+        url = self._url(kind, namespace, name, "status")
+        await self._request("patch_status", "PATCH", url, body, MERGE, parse=False)
 
     async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
         """Record a core/v1 Event about `involved` (apiVersion, kind, name, namespace, uid)."""
@@ -151,11 +168,11 @@ class KubeClient:
             "lastTimestamp": now,
             "count": 1,
         }
-        await self._request("POST", self._url("Event", namespace), body, parse=False)
+        await self._request("event", "POST", self._url("Event", namespace), body, parse=False)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self._request("GET", self._url(kind, namespace, name))
+            return await self._request("get", "GET", self._url(kind, namespace, name), expected=(404,))
         except KubeError as err:
             if err.status == 404:
                 return None
@@ -165,7 +182,8 @@ class KubeClient:
         """Delete with background propagation (the Job's pods go too); absent is fine."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         try:
-            await self._request("DELETE", self._url(kind, namespace, name), body, parse=False)
+            url = self._url(kind, namespace, name)
+            await self._request("delete", "DELETE", url, body, parse=False, expected=(404,))
         except KubeError as err:
             if err.status != 404:
                 raise

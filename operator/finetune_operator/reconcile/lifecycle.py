@@ -44,12 +44,19 @@ def reconcile(observed: Observed, settings: Settings) -> Decision:
     step = Step(observed, settings, plan, Decision(status=status))
     if observed.spec_error is not None:
         step.fail(Reason.INVALID_SPEC, observed.spec_error)
-        return step.decision
+        return _stamped(step.decision, job.status.phase, observed.now)
     try:
         _phases(step)
     except PermanentError as err:
         step.fail(err.reason, err.message)
-    return step.decision
+    return _stamped(step.decision, job.status.phase, observed.now)
+
+
+def _stamped(decision: Decision, previous: Phase, now: datetime) -> Decision:
+    """The decision, with the time of a phase change recorded (how long a job waits is read from it)."""
+    if decision.status.phase != previous:
+        decision.status.last_phase_transition_time = now
+    return decision
 
 
 def _phases(step: Step) -> None:

@@ -1,0 +1,77 @@
+"""Model FLOPs utilisation (MFU): the FLOPs the model's arithmetic needs per second of training, as a share
+of what the accelerators could do at their dense bf16/fp16 tensor-core peak.
+
+    flops per token = 2·N            forward through every weight
+                    + 2·N            backward: gradients of the activations, frozen weights included
+                    + 2·N_trainable  backward: gradients of the weights that train
+                    + 12·L·d·T       attention scores and their use, forward and backward
+    MFU = flops per token * tokens per second (all ranks) / (peak FLOP/s per device * devices)
+
+N counts the parameters (embeddings included, as nanoGPT and torchtitan do), L the layers, d the hidden
+size, T the sequence length (`maxSeqLength`: packed rows fill it; shorter rows make this an upper bound).
+For full fine-tuning this is PaLM's 6·N + 12·L·H·Q·T (Chowdhery et al. 2022, appendix B); with LoRA the
+frozen base needs no weight gradients, so it counts 4·N, not 6·N: the figure is the model's useful work,
+never recomputation (activation checkpointing is not counted either).
+
+The peak comes from the device name (below), or from `FINETUNE_PEAK_FLOPS` (FLOP/s of one device) for an
+accelerator not listed. MFU is absent on CPU, in fp32 training, and on an unknown accelerator: a number
+computed against a guessed peak would mislead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+PEAK_FLOPS_ENV = "FINETUNE_PEAK_FLOPS"
+
+# Dense (not sparse) bf16/fp16 tensor-core peaks from the vendors' data sheets, FLOP/s, most specific first.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM and NVL
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("V100", 125e12),  # fp16 only
+    ("T4", 65e12),  # fp16 only
+)
+
+
+def peak_flops(device_name: str, env: dict[str, str] | None = None) -> float | None:
+    """One device's dense bf16/fp16 peak, FLOP/s, or None when unknown."""
+    env = dict(os.environ if env is None else env)
+    if env.get(PEAK_FLOPS_ENV):
+        return float(env[PEAK_FLOPS_ENV])
+    for marker, flops in PEAK_BF16_FLOPS:
+        if marker in device_name:
+            return flops
+    return None
+
+
+def flops_per_token(config: Any, total: int, trainable: int, seq_len: int) -> float:
+    """The model FLOPs of training on one token (the formula above); `config` is a transformers config."""
+    text = getattr(config, "text_config", None) or config  # vision-language models: their language model
+    layers = int(getattr(text, "num_hidden_layers", 0) or 0)
+    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    return 4.0 * total + 2.0 * trainable + 12.0 * layers * hidden * seq_len
+
+
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """(all parameters, trainable parameters) of a torch module."""
+    total = trainable = 0
+    for parameter in model.parameters():
+        count = parameter.numel()
+        total += count
+        if parameter.requires_grad:
+            trainable += count
+    return total, trainable
+
+
+def mfu(per_token: float, tokens_per_second: float, peak: float, devices: int) -> float:
+    return per_token * tokens_per_second / (peak * max(1, devices))
