@@ -46,6 +46,7 @@ VALUES: dict[str, list[str]] = {
     "monitoring": [
         *("--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.podMonitor.enabled=true"),
         *("--set", "monitoring.prometheusRule.enabled=true", "--set", "monitoring.dashboard.enabled=true"),
+        *("--set", "monitoring.trainerPodMonitor.enabled=true"),
     ],
 }
 
@@ -90,6 +91,31 @@ def test_the_values_schema_refuses_a_misspelt_value(helm: Path) -> None:
     result = run_helm(helm, None, "template", RELEASE, str(CHART), "--set", "watchNamespace={a}")
     assert result.returncode != 0
     assert "watchNamespace" in result.stderr
+
+
+def test_monitors_scrape_the_operator_and_training_pods_keeping_their_labels(helm: Path) -> None:
+    """The series carry the FineTuneJob's namespace (docs/metrics.md): every monitor honours it, and the
+    trainers' PodMonitor looks where jobs run."""
+    trainers = ["--set", "monitoring.trainerPodMonitor.enabled=true"]
+    docs = render(helm, *VALUES["monitoring"], *trainers, "--set", "watchNamespaces={team-a,team-b}")
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "FINETUNE_METRICS_PORT", "value": "9090"} in container["env"]
+    assert {"name": "metrics", "containerPort": 9090} in container["ports"]
+    monitors = {
+        (d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")
+    }
+    endpoints = [
+        e for d in monitors.values() for e in d["spec"].get("endpoints", d["spec"].get("podMetricsEndpoints"))
+    ]
+    assert len(endpoints) == 3
+    assert all(e["honorLabels"] is True and e["port"] == "metrics" for e in endpoints)
+    trainer = monitors[("PodMonitor", "finetune-operator-trainers")]["spec"]
+    assert trainer["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    assert trainer["selector"]["matchLabels"]["app.kubernetes.io/component"] == "train"
+    cluster_wide = render(helm, *trainers)
+    (trainer_doc,) = [d for d in cluster_wide if d["kind"] == "PodMonitor"]
+    assert trainer_doc["spec"]["namespaceSelector"] == {"any": True}
 
 
 @pytest.mark.parametrize("values", VALUES.values(), ids=VALUES.keys())
@@ -285,6 +311,13 @@ def test_install_run_as_its_service_account_upgrade_and_uninstall(
         )
         assert status == 403
         assert "only the approvers of EvalGate support-release" in message
+        # its patch right covers metadata (finalizer, annotations), never what the user asked for
+        job = f"/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs/{NAME}"
+        status, message = patch_as(kubeconfig, plane, job, {"spec": {"suspend": True}})
+        assert status == 403, message
+        assert "never its spec" in message
+        status, _ = patch_as(kubeconfig, plane, job, {"metadata": {"annotations": {"finetune.dev/x": "1"}}})
+        assert status == 200
         assert "forbidden" not in operator.log().lower(), operator.log()
     finally:
         operator.stop()
