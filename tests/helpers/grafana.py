@@ -72,10 +72,12 @@ def queries(dashboard: dict[str, Any]) -> list[Query]:
     ]
 
 
-def substitute(expr: str) -> str:
+def substitute(expr: str, overrides: dict[str, str] | None = None) -> str:
+    """The query Grafana sends: its variables replaced by SUBSTITUTES, updated with `overrides`."""
+    values = {**SUBSTITUTES, **(overrides or {})}
     # Longest names first: `$__rate_interval` before `$__range`, `${namespace}` before `$namespace`.
-    for name in sorted(SUBSTITUTES, key=len, reverse=True):
-        expr = expr.replace(name, SUBSTITUTES[name])
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace(name, values[name])
     return expr
 
 

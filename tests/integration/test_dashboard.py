@@ -9,9 +9,13 @@ dashboard broken on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import http.server
 import re
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,8 @@ from helpers.grafana import (
     substitute,
     typecheck,
 )
-from helpers.prometheus import promtool
+from helpers.processes import free_port
+from helpers.prometheus import prometheus, promtool
 
 Dashboard = dict[str, Any]
 ROWS = ["Fleet", "One job", "Operator health"]
@@ -179,3 +184,118 @@ def test_one_job_panels_read_only_the_selected_jobs(dashboard: Dashboard) -> Non
         for name, matchers in selectors:
             assert 'namespace=~"$namespace"' in matchers, f"{query.panel}: {name} not filtered by namespace"
             assert 'finetunejob=~"$finetunejob"' in matchers, f"{query.panel}: {name} not filtered by job"
+
+
+# --- against a real Prometheus ------------------------------------------------------------------------
+
+PHASES = ("Pending", "ValidatingData", "Training", "Evaluating", "AwaitingApproval", "Promoting", "Succeeded")
+TRAINER_LABELS = 'namespace="team-a",finetunejob="sft-a",run_id="r1",method="sft"'
+
+
+def operator_metrics(elapsed: float) -> str:
+    """The operator's series as docs/metrics.md defines them, counters growing with time."""
+    n = int(elapsed * 10)
+    lines = [
+        f'finetune_operator_jobs{{namespace="team-a",phase="{phase}",method="sft"}} '
+        f"{ {'Training': 1, 'Succeeded': 2}.get(phase, 0) }"
+        for phase in PHASES
+    ]
+    lines += [
+        'finetune_operator_job_phase_transitions_total{namespace="team-a",method="sft",'
+        f'from_phase="Promoting",to_phase="Succeeded"}} {n}',
+        'finetune_operator_job_failures_total{namespace="team-a",method="sft",'
+        f'reason="TrainingFailed"}} {n}',
+        f'finetune_operator_gate_verdicts_total{{namespace="team-a",gate="quality",verdict="Failed"}} {n}',
+        'finetune_operator_gate_checks_total{namespace="team-a",gate="quality",suite="holdout",'
+        f'metric="exact_match",result="failed"}} {n}',
+        f'finetune_operator_reconcile_errors_total{{error="KubeError"}} {n}',
+        f'finetune_operator_kube_api_errors_total{{verb="patch_status",code="409"}} {n}',
+        "finetune_operator_reconcile_loops 1",
+        'finetune_operator_build_info{version="0.1.0"} 1',
+    ]
+    for name, labels in (
+        ("finetune_operator_queue_wait_seconds", 'method="sft",queue="gpu",'),
+        ("finetune_operator_reconcile_duration_seconds", ""),
+    ):
+        lines += [f'{name}_bucket{{{labels}le="{le}"}} {n * share}' for le, share in (("1", 1), ("+Inf", 2))]
+        lines += [f"{name}_sum{{{labels[:-1]}}} {n}", f"{name}_count{{{labels[:-1]}}} {2 * n}"]
+    return "\n".join(lines) + "\n"
+
+
+def trainer_metrics(now: float) -> str:
+    values = {
+        "step": 25,
+        "total_steps": 100,
+        "loss": 1.5,
+        "eval_loss": 1.7,
+        "tokens_per_second": 1200,
+        "eta_seconds": 300,
+        "last_step_timestamp_seconds": now,
+        "mfu": 0.4,
+        "accelerator_memory_allocated_bytes": 2e9,
+        "accelerator_memory_peak_bytes": 3e9,
+        "accelerator_memory_total_bytes": 8e10,
+    }
+    return "".join(f"finetune_trainer_{name}{{{TRAINER_LABELS}}} {value}\n" for name, value in values.items())
+
+
+@contextlib.contextmanager
+def exporter(body: Callable[[], str]) -> Iterator[str]:
+    """An HTTP server answering /metrics with `body()`; yields its host:port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = body().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_query_answers_from_series_shaped_like_the_contract(
+    dashboard: Dashboard, tmp_path: Path
+) -> None:
+    """Each query, run by a real Prometheus over series shaped as docs/metrics.md says, returns data: a label
+    it groups or joins by, or a matcher it filters with, that the series lack would leave it empty."""
+    start = time.time()
+    with (
+        exporter(lambda: operator_metrics(time.time() - start)) as operator,
+        exporter(lambda: trainer_metrics(time.time())) as trainer,
+        prometheus(tmp_path, {"finetune-operator": [operator], "trainer": [trainer]}) as server,
+    ):
+        server.wait_for(
+            "count_over_time(finetune_operator_reconcile_loops[6s]) >= 6"
+            " and on () count_over_time(finetune_trainer_step[6s]) >= 6"
+        )
+        selection = {
+            "$__rate_interval": "5s",
+            "$__range": "1m",
+            "$namespace": "team-a",
+            "$finetunejob": "sft-a",
+        }
+        empty = [
+            f"{query.row} / {query.panel} {query.ref}"
+            for query in queries(dashboard)
+            if not server.query(substitute(query.expr, selection))
+        ]
+        assert empty == []
+        progress = next(q for q in queries(dashboard) if q.panel == "Progress")
+        assert [float(s["value"][1]) for s in server.query(substitute(progress.expr, selection))] == [0.25]
+        by_phase = next(q for q in queries(dashboard) if q.panel == "Jobs by phase")
+        phases = {s["metric"]["phase"]: float(s["value"][1]) for s in server.query(substitute(by_phase.expr))}
+        assert (phases["Training"], phases["Succeeded"], phases["Pending"]) == (1, 2, 0)
+        other = substitute(progress.expr, {**selection, "$finetunejob": "dpo-b"})
+        assert server.query(other) == [], "the one-job row shows a job that was not selected"
