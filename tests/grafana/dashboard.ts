@@ -6,7 +6,7 @@
  *
  * The test writes the dashboard as an object literal of type `Board` and runs `tsc --noEmit --strict`, so a
  * misspelt field (excess property), a wrong type or an unknown enum value fails. Panels are told apart by
- * `type`; a panel type missing from `AnyPanel` fails until its plugin's types are added here.
+ * `type`; a panel type missing from `VisualizationPanel` fails until its plugin's types are added here.
  */
 import type { Dashboard, FieldConfig, FieldConfigSource, Panel, RowPanel } from '@grafana/schema';
 import type * as bargauge from '@grafana/schema/dist/esm/raw/composable/bargauge/panelcfg/x/BarGaugePanelCfg_types.gen';
@@ -44,7 +44,9 @@ type Visualization<Type extends string, Options, Custom> = Json<
 export type TimeSeriesPanel = Visualization<'timeseries', timeseries.Options, timeseries.FieldConfig>;
 export type StatPanel = Visualization<'stat', stat.Options, Record<string, never>>;
 export type BarGaugePanel = Visualization<'bargauge', bargauge.Options, Record<string, never>>;
-export type Row = Json<RowPanel>;
-export type AnyPanel = Row | TimeSeriesPanel | StatPanel | BarGaugePanel;
+export type VisualizationPanel = TimeSeriesPanel | StatPanel | BarGaugePanel;
+/** A row; a collapsed row holds its panels, checked like the others. */
+export type Row = Json<Omit<RowPanel, 'panels'>> & { panels: VisualizationPanel[] };
+export type AnyPanel = Row | VisualizationPanel;
 
 export type Board = Json<Omit<Dashboard, 'panels'>> & { panels: AnyPanel[] };

@@ -71,6 +71,13 @@ BROKEN: dict[str, tuple[Callable[[Dashboard], None], str]] = {
         lambda d: first(d, "stat").update(type="piechart"),
         "'\"piechart\"' is not assignable",
     ),
+    "unknown_option_in_a_collapsed_row": (
+        lambda d: d["panels"][0].update(
+            collapsed=True,
+            panels=[{**first(d, "stat"), "options": {**first(d, "stat")["options"], "colourMode": "value"}}],
+        ),
+        "colourMode",
+    ),
     "variable_refresh_out_of_range": (
         lambda d: d["templating"]["list"][1].update(refresh=5),
         "'5' is not assignable to type 'VariableRefresh",
