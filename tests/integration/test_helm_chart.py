@@ -191,13 +191,13 @@ def test_monitoring_renders_alerts_and_dashboard_only_when_the_chart_has_them(
     (chart / "files" / "alerts.yaml").write_text(
         yaml.safe_dump({"groups": [{"name": "f", "rules": [alert]}]})
     )
-    (chart / "files" / "dashboard.json").write_text(json.dumps({"title": "finetune-operator"}))
     docs = render(helm, *VALUES["monitoring"], chart=chart)
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
     assert rule["spec"]["groups"][0]["rules"] == [alert]
     (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(dashboard["data"]["finetune-operator.json"]) == {"title": "finetune-operator"}
+    shipped = json.loads((CHART / "files" / "dashboard.json").read_text())
+    assert json.loads(dashboard["data"]["finetune-operator.json"]) == shipped
 
 
 # --- installed --------------------------------------------------------------------------------------
