@@ -5,6 +5,12 @@ changed (`Metrics.record`), the reconcile loop times its steps and counts its er
 counts the requests the API server refused, and the watch keeps `JobTable` current, which Prometheus reads
 as gauges at scrape time. No label is named `job` or `instance` (Prometheus would rename it): the
 FineTuneJob's label is `finetunejob`.
+
+A counter's series must exist at 0 before its first increment, or `increase()` and `rate()` never see that
+first event (Prometheus cannot tell a series born at 1 from one that was always 1), and an alert on the
+first data-gate failure in a namespace would never fire. So the series a job can move are created at 0
+when the operator first sees the job (`Metrics.seen`: its phase changes, ends and promotion) and when its
+gate is read, once training ends (`Metrics.gate_read`: the verdicts and each suite's check).
 """
 
 from __future__ import annotations
@@ -19,13 +25,58 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from finetune_api.v1alpha1 import ConditionType, FineTuneJob, FineTuneJobStatus, Phase
+from finetune_api.v1alpha1 import (
+    ConditionType,
+    EvalGate,
+    FineTuneJob,
+    FineTuneJobStatus,
+    Phase,
+    Reason,
+)
+from finetune_api.v1alpha1.conditions import Verdict
 
 PREFIX = "finetune_operator"
 # From a second (a validation) to a day (a long training run, a week in a queue is +Inf).
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 WAIT_REASON_CONDITION = ConditionType.PODS_SCHEDULED  # False with Queued, Unschedulable, ImagePullBackOff
+_P = Phase
+# The phase changes the lifecycle makes (reconcile/), each created at 0 for a newly seen job's namespace
+# and method; any other change is still counted, from its first occurrence.
+EDGES: tuple[tuple[Phase, Phase], ...] = (
+    (_P.PENDING, _P.VALIDATING_DATA),
+    (_P.VALIDATING_DATA, _P.PENDING),
+    (_P.VALIDATING_DATA, _P.TRAINING),
+    (_P.PENDING, _P.TRAINING),
+    (_P.TRAINING, _P.PENDING),
+    (_P.TRAINING, _P.EVALUATING),
+    (_P.TRAINING, _P.SUCCEEDED),
+    (_P.EVALUATING, _P.AWAITING_APPROVAL),
+    (_P.EVALUATING, _P.PROMOTING),
+    (_P.EVALUATING, _P.REJECTED),
+    (_P.AWAITING_APPROVAL, _P.PROMOTING),
+    (_P.AWAITING_APPROVAL, _P.REJECTED),
+    (_P.PROMOTING, _P.SUCCEEDED),
+    (_P.PENDING, _P.SUSPENDED),
+    (_P.TRAINING, _P.SUSPENDED),
+    (_P.SUSPENDED, _P.PENDING),
+    (_P.SUSPENDED, _P.TRAINING),
+    *((phase, _P.FAILED) for phase in Phase if not phase.terminal),
+)
+# The reasons a run ends without success (a Succeeded condition False).
+END_REASONS: tuple[Reason, ...] = (
+    Reason.INVALID_SPEC,
+    Reason.EVAL_GATE_NOT_FOUND,
+    Reason.DATA_GATES_FAILED,
+    Reason.DATA_UNREADABLE,
+    Reason.TRAINING_FAILED,
+    Reason.RETRY_LIMIT_EXCEEDED,
+    Reason.MAX_RUNTIME_EXCEEDED,
+    Reason.EVALUATION_FAILED,
+    Reason.GATE_FAILED,
+    Reason.REJECTED_BY_REVIEWER,
+    Reason.PROMOTION_FAILED,
+)
 
 
 @dataclass(frozen=True)
@@ -71,11 +122,14 @@ class JobTable(Collector):
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], JobRow] = {}
 
-    def update(self, namespace: str, name: str, row: JobRow | None) -> None:
+    def update(self, namespace: str, name: str, row: JobRow | None) -> bool:
+        """Record (or, with None, forget) a job's row; True when the job is new to the table."""
         if row is None:
             self.rows.pop((namespace, name), None)
-        else:
-            self.rows[(namespace, name)] = row
+            return False
+        new = (namespace, name) not in self.rows
+        self.rows[(namespace, name)] = row
+        return new
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         rows = list(self.rows.items())  # one atomic copy: the scrape runs in its own thread
@@ -190,6 +244,27 @@ class Metrics:
         self.loops = Gauge(
             f"{PREFIX}_reconcile_loops", "FineTuneJobs with a running reconcile loop.", registry=r
         )
+
+    def seen(self, namespace: str, method: str, gate: str | None) -> None:
+        """A job first seen: create at 0 the series its lifecycle can move (see the module docstring)."""
+        for old, new in EDGES:
+            self.transitions.labels(namespace, method, old, new)
+        for reason in END_REASONS:
+            self.failures.labels(namespace, method, reason)
+        for result in ("succeeded", "failed"):
+            self.promotions.labels(namespace, method, result)
+        if gate:
+            for verdict in Verdict:
+                self.verdicts.labels(namespace, gate, verdict)
+
+    def gate_read(self, namespace: str, gate: EvalGate) -> None:
+        """A job's gate read (training ended): create at 0 its verdicts' and checks' series."""
+        name = gate.metadata.name
+        for verdict in Verdict:
+            self.verdicts.labels(namespace, name, verdict)
+        for suite in gate.spec.suites:
+            for result in ("passed", "failed"):
+                self.checks.labels(namespace, name, suite.name, str(suite.metric), result)
 
     def record(self, job: FineTuneJob, new: FineTuneJobStatus, now: dt.datetime) -> None:
         """Count what writing `new` over the job's current status changed: its phase, a verdict, the end

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from finetune_api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from finetune_api.v1alpha1 import EvalGate, FineTuneJob, FineTuneJobStatus
 from finetune_operator.metrics import JobRow, Metrics
 from finetune_trainer import flops
 from helpers.support import example, merge_patch
@@ -140,7 +140,8 @@ def body(phase: str | None, *, since: str | None = None, **extra: Any) -> dict[s
 def test_the_job_table_counts_every_phase_and_times_only_unfinished_jobs(metrics: Metrics) -> None:
     queued = [condition("PodsScheduled", "False", "Queued")]
     table = metrics.table
-    table.update("a", "new", JobRow.of(body(None)))
+    assert table.update("a", "new", JobRow.of(body(None))) is True
+    assert table.update("a", "new", JobRow.of(body(None))) is False  # seen before
     table.update("a", "waiting", JobRow.of(body("Pending", since="2026-11-23T12:30:00Z", conditions=queued)))
     table.update("a", "done", JobRow.of(body("Succeeded")))
     table.update("b", "gone", JobRow.of(body("Training")))
@@ -188,3 +189,26 @@ def test_mfu_against_a_known_peak_and_none_for_an_unknown_device() -> None:
     assert flops.peak_flops("Some New Accelerator", env={"FINETUNE_PEAK_FLOPS": "5e14"}) == 5e14
     # 8 GPUs at 989 TFLOP/s, 6 GFLOP per token at 600k tokens/s: 45.5%
     assert flops.mfu(6e9, 600_000, 989e12, 8) == pytest.approx(0.455, abs=0.001)
+
+
+def test_a_new_jobs_series_exist_at_zero_before_their_first_event(metrics: Metrics) -> None:
+    """Prometheus cannot see the first increment of a series born at 1 (`increase()` is 0): what a job
+    can move is created at 0 when it is first seen, and its checks when its gate is read."""
+    metrics.seen("team-a", "dpo", "release")
+    labels = {"namespace": "team-a", "method": "dpo"}
+    assert sample(metrics, "finetune_operator_job_failures_total", **labels, reason="DataGatesFailed") == 0
+    assert sample(metrics, "finetune_operator_job_phase_transitions_total", **labels,
+                  from_phase="Promoting", to_phase="Succeeded") == 0  # fmt: skip
+    assert sample(metrics, "finetune_operator_promotions_total", **labels, result="failed") == 0
+    gate = {"namespace": "team-a", "gate": "release"}
+    assert sample(metrics, "finetune_operator_gate_verdicts_total", **gate, verdict="Error") == 0
+    release = EvalGate.model_validate(merge_patch(example("evalgate-support-release.yaml"), {}))
+    metrics.gate_read("team-a", release)
+    checks = {
+        (s.labels["suite"], s.labels["result"])
+        for family in metrics.registry.collect()
+        if family.name == "finetune_operator_gate_checks"
+        for s in family.samples
+        if s.name.endswith("_total") and s.value == 0
+    }
+    assert {(suite.name, "failed") for suite in release.spec.suites} <= checks

@@ -110,8 +110,9 @@ async def job_changed(
     runtime: Runtime = memo.runtime
     if type == "DELETED":
         METRICS.table.update(namespace or "", name, None)
-    else:
-        METRICS.table.update(namespace or "", name, JobRow.of(body))
+    elif METRICS.table.update(namespace or "", name, row := JobRow.of(body)):
+        gate = (body.get("spec") or {}).get("evalGateRef") or {}
+        METRICS.seen(namespace or "", row.method, gate.get("name"))
     if type == "DELETED" or body.metadata.get("deletionTimestamp"):
         runtime.stop(namespace or "", name)
         return

@@ -200,7 +200,10 @@ class Runtime:
             if problem is not None:
                 decision = invalid_spec(job, problem, _now())
             else:
-                decision = self.reconcile(await self.observer.observe(job, indexes), self.observer.settings)
+                observed = await self.observer.observe(job, indexes)
+                if observed.gate is not None:
+                    self.metrics.gate_read(job.metadata.namespace or "", observed.gate)
+                decision = self.reconcile(observed, self.observer.settings)
             decision = _recovered(decision, job, _now())
             return decision.requeue_after, await act(decision, job, self.kube, logger, self.metrics)
         except KubeError as err:
