@@ -182,18 +182,16 @@ def test_crds_are_kept_and_can_be_left_out(helm: Path) -> None:
 def test_monitoring_renders_alerts_and_dashboard_only_when_the_chart_has_them(
     helm: Path, tmp_path: Path
 ) -> None:
-    without = kinds(render(helm, *VALUES["monitoring"]))
-    assert "PrometheusRule" not in without
-    assert {"ServiceMonitor", "PodMonitor"} <= set(without)
+    docs = render(helm, *VALUES["monitoring"])
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= set(kinds(docs))
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert "PrometheusRule" not in kinds(render(helm))
     chart = tmp_path / "finetune-operator"
     shutil.copytree(CHART, chart)
-    alert = {"alert": "FineTuneOperatorDown", "expr": "up == 0", "labels": {"severity": "critical"}}
-    (chart / "files" / "alerts.yaml").write_text(
-        yaml.safe_dump({"groups": [{"name": "f", "rules": [alert]}]})
-    )
+    (chart / "files" / "alerts.yaml").unlink()
     docs = render(helm, *VALUES["monitoring"], chart=chart)
-    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
-    assert rule["spec"]["groups"][0]["rules"] == [alert]
+    assert "PrometheusRule" not in kinds(docs)
     (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     shipped = json.loads((CHART / "files" / "dashboard.json").read_text())
