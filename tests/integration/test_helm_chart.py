@@ -187,6 +187,14 @@ def test_monitoring_renders_alerts_and_dashboard_only_when_the_chart_has_them(
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
     assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
     assert "PrometheusRule" not in kinds(render(helm))
+    wiki = "https://wiki.example/ml/finetune-runbook"
+    elsewhere = render(helm, *VALUES["monitoring"], "--set", f"monitoring.prometheusRule.runbookUrl={wiki}")
+    (moved,) = [d for d in elsewhere if d["kind"] == "PrometheusRule"]
+    urls = [
+        r["annotations"]["runbook_url"] for g in moved["spec"]["groups"] for r in g["rules"] if "alert" in r
+    ]
+    assert urls
+    assert all(u.startswith(wiki + "#") for u in urls), urls
     chart = tmp_path / "finetune-operator"
     shutil.copytree(CHART, chart)
     (chart / "files" / "alerts.yaml").unlink()

@@ -212,3 +212,37 @@ def test_a_new_jobs_series_exist_at_zero_before_their_first_event(metrics: Metri
         if s.name.endswith("_total") and s.value == 0
     }
     assert {(suite.name, "failed") for suite in release.spec.suites} <= checks
+
+
+# --- the trainer's gauges ------------------------------------------------------------------------------
+
+
+class NoStore:
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        self.last = (uri, data)
+
+
+def test_the_trainers_gauges_carry_the_run_and_time_a_run_from_its_start() -> None:
+    """Before the first step a hung run already has a total and a start to stall from; a NaN loss is
+    exported as NaN (the NaN alert compares the series with itself); on CPU there is no MFU."""
+    import math  # noqa: PLC0415
+    import time  # noqa: PLC0415
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from finetune_trainer.progress import Metrics as TrainerMetrics  # noqa: PLC0415
+    from finetune_trainer.progress import ProgressReporter  # noqa: PLC0415
+
+    run = {"namespace": "team-a", "finetunejob": "sft-a", "run_id": "sft-a-1", "method": "sft"}
+    metrics = TrainerMetrics(run, CollectorRegistry())
+    reporter = ProgressReporter(NoStore(), "s3://b/progress.json", metrics, seq_len=128)  # type: ignore[arg-type]
+    state = SimpleNamespace(global_step=0, max_steps=90, num_input_tokens_seen=0, epoch=0.0,
+                            is_world_process_zero=True)  # fmt: skip
+    reporter.on_train_begin(SimpleNamespace(bf16=False, fp16=False), state, None, model=None)
+    value = metrics.registry.get_sample_value
+    assert value("finetune_trainer_total_steps", run) == 90
+    assert value("finetune_trainer_step", run) == 0
+    assert time.time() - value("finetune_trainer_last_step_timestamp_seconds", run) < 5
+    reporter.on_log(None, state, None, logs={"loss": float("nan")})
+    assert math.isnan(value("finetune_trainer_loss", run))
+    assert value("finetune_trainer_mfu", run) is None
+    assert value("finetune_trainer_accelerator_memory_total_bytes", run) is None

@@ -49,7 +49,9 @@ class Metrics:
         self.eval_loss = gauge("eval_loss", "Evaluation loss, last evaluated.")
         self.tokens_per_second = gauge("tokens_per_second", "Training tokens per second, recent, all ranks.")
         self.eta_seconds = gauge("eta_seconds", "Estimated seconds to the end of the run.")
-        self.last_step = gauge("last_step_timestamp_seconds", "When the last optimizer step ended (Unix s).")
+        self.last_step = gauge(
+            "last_step_timestamp_seconds", "When the last optimizer step ended, or training began (Unix s)."
+        )
         self._optional: dict[str, str] = {
             "mfu": "Model FLOPs utilisation, 0-1 (docs/metrics.md).",
             "accelerator_memory_allocated_bytes": "Memory held by tensors on the accelerator.",
@@ -89,6 +91,9 @@ class ProgressReporter(TrainerCallback):
         self.started = time.monotonic()
         self.first_step = state.global_step  # a resumed run starts past zero
         self.window = (self.started, state.num_input_tokens_seen or 0)
+        self.metrics.last_step.set(time.time())  # a run that hangs before its first step stalls from here
+        self.metrics.step.set(state.global_step)
+        self.metrics.total_steps.set(max(1, state.max_steps or 1))
         device = _accelerator()
         mixed = bool(getattr(args, "bf16", False) or getattr(args, "fp16", False))
         if device is not None and mixed and model is not None:
