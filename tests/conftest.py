@@ -5,6 +5,9 @@
     tests/e2e/           e2e: a whole user journey, as a user runs it
 
 so `pytest -m unit` is the fast loop and `pytest -m "not e2e"` leaves out the slowest journeys.
+
+Tests marked `trainer_image` (building the 6.6 GB trainer image) are deselected unless `--trainer-image`
+is given (`make images-test`): left out of `make test` by name, never skipped.
 """
 
 import os
@@ -18,7 +21,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 KINDS = ("unit", "integration", "e2e")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--trainer-image",
+        action="store_true",
+        help="also build and inspect the trainer image (tests marked trainer_image)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--trainer-image"):
+        left_out = [item for item in items if item.get_closest_marker("trainer_image")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("trainer_image")]
     for item in items:
         kind = next((k for k in KINDS if f"{os.sep}tests{os.sep}{k}{os.sep}" in str(item.path)), None)
         if kind is None:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import tomllib
 
 import pytest
 
+from helpers.images import labels
 from helpers.support import ROOT
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-
-
-def labels(dockerfile: str) -> dict[str, str]:
-    text = (ROOT / dockerfile).read_text().replace("\\\n", " ")
-    (line,) = [line for line in text.splitlines() if line.startswith("LABEL ")]
-    return dict(re.findall(r'([\w.]+)="([^"]*)"', line))
 
 
 @pytest.mark.parametrize(
