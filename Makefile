@@ -74,9 +74,9 @@ argocd:
 	bash tests/argocd/fetch-redis.sh
 
 # Only the real Argo CD test: examples/ synced from a git repository into a real control plane, with the
-# health the chart's Lua scripts compute (tests/integration/test_argocd.py; `make test` runs it too).
+# health the chart's Lua scripts compute (tests/integration/test_real_argocd.py; `make test` runs it too).
 argocd-check: env controlplane argocd
-	$(BIN)/python -m pytest tests/integration/test_argocd.py
+	$(BIN)/python -m pytest tests/integration/test_real_argocd.py
 
 # Debian packages $(1), installed when one of the programs $(2) is missing (as root, or through sudo).
 define apt-install
