@@ -33,7 +33,7 @@ async def _namespaces(monkeypatch: pytest.MonkeyPatch, kubeconfig: Path) -> list
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     kube = KubeClient.connect()
     try:
-        listing = await kube._request("GET", f"{kube.server}/api/v1/namespaces")
+        listing = await kube._request("list", "GET", f"{kube.server}/api/v1/namespaces")
     finally:
         await kube.close()
     return [item["metadata"]["name"] for item in listing["items"]]
