@@ -81,6 +81,7 @@ class ProgressReporter(TrainerCallback):
         self.seq_len = seq_len  # for the attention term of the FLOPs per token
         self.flops_per_token = 0.0
         self.peak = 0.0  # FLOP/s of all devices together; 0: no MFU
+        self.device: int | None = None  # this process's CUDA device, found at train begin; None on CPU
         self.report: dict[str, Any] = {}
         self.last_write = 0.0
         self.window: tuple[float, int] | None = None  # (time, tokens seen) at the last rate sample
@@ -94,11 +95,15 @@ class ProgressReporter(TrainerCallback):
         self.metrics.last_step.set(time.time())  # a run that hangs before its first step stalls from here
         self.metrics.step.set(state.global_step)
         self.metrics.total_steps.set(max(1, state.max_steps or 1))
-        device = _accelerator()
-        mixed = bool(getattr(args, "bf16", False) or getattr(args, "fp16", False))
-        if device is not None and mixed and model is not None:
-            import torch  # noqa: PLC0415
+        self.device = device = _accelerator()
+        if device is None:
+            return
+        import torch  # noqa: PLC0415
 
+        memory = torch.cuda.get_device_properties(device).total_memory
+        self.metrics.set_optional("accelerator_memory_total_bytes", memory)
+        mixed = bool(getattr(args, "bf16", False) or getattr(args, "fp16", False))
+        if mixed and model is not None:
             peak = flops.peak_flops(torch.cuda.get_device_name(device))
             if peak is not None:
                 total, trainable = flops.parameter_counts(model)
@@ -138,15 +143,13 @@ class ProgressReporter(TrainerCallback):
             self.window = (now, seen)
 
     def _memory(self) -> None:
-        device = _accelerator()
-        if device is None:
+        if self.device is None:
             return
         import torch  # noqa: PLC0415
 
+        device = self.device
         self.metrics.set_optional("accelerator_memory_allocated_bytes", torch.cuda.memory_allocated(device))
         self.metrics.set_optional("accelerator_memory_peak_bytes", torch.cuda.max_memory_allocated(device))
-        total = torch.cuda.get_device_properties(device).total_memory
-        self.metrics.set_optional("accelerator_memory_total_bytes", total)
 
     def _maybe_write(self, state: Any, *, force: bool) -> None:
         total = max(1, state.max_steps or 1)
