@@ -49,7 +49,11 @@ def root_schema(crd: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-CRD_FILES = ["finetunejobs.finetune.dev.yaml", "evalgates.finetune.dev.yaml"]
+CRD_FILES = [
+    "finetunejobs.finetune.dev.yaml",
+    "evalgates.finetune.dev.yaml",
+    "modeldeployments.finetune.dev.yaml",
+]
 
 
 def test_committed_crds_match_the_models() -> None:

@@ -1,4 +1,4 @@
-"""finetune.dev/v1alpha1: FineTuneJob and EvalGate."""
+"""finetune.dev/v1alpha1: FineTuneJob, EvalGate and ModelDeployment."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ from finetune_api.v1alpha1.finetunejob import (
 )
 from finetune_api.v1alpha1.finetunejob_status import FineTuneJobStatus
 from finetune_api.v1alpha1.graders import Grader
+from finetune_api.v1alpha1.modeldeployment import MODELDEPLOYMENT_CRD, ModelDeployment, ModelDeploymentSpec
+from finetune_api.v1alpha1.modeldeployment_status import ModelDeploymentStatus, RolloutStage
 
 RESOURCES: tuple[tuple[type[BaseModel], CrdNames], ...] = (
     (FineTuneJob, FINETUNEJOB_CRD),
     (EvalGate, EVALGATE_CRD),
+    (ModelDeployment, MODELDEPLOYMENT_CRD),
 )
 KINDS: dict[str, type[BaseModel]] = {names.kind: model for model, names in RESOURCES}
 
@@ -28,6 +31,7 @@ __all__ = [
     "EVALGATE_CRD",
     "FINETUNEJOB_CRD",
     "KINDS",
+    "MODELDEPLOYMENT_CRD",
     "RESOURCES",
     "AdapterType",
     "Condition",
@@ -43,10 +47,14 @@ __all__ = [
     "Grader",
     "Method",
     "Metric",
+    "ModelDeployment",
+    "ModelDeploymentSpec",
+    "ModelDeploymentStatus",
     "ModelSource",
     "Phase",
     "Reason",
     "Resources",
+    "RolloutStage",
     "S3Storage",
     "Suite",
 ]

@@ -283,6 +283,11 @@ class FineTuneJobSpec(ApiModel):
         default=None, description="EvalGate in the same namespace that must pass before promotion."
     )
     output_uri: Uri | None = Field(default=None, description="Where a promoted model is published.")
+    deployment: LocalObjectReference | None = Field(
+        default=None,
+        description="ModelDeployment in the same namespace that rolls the promoted version out (needs "
+        "outputUri).",
+    )
     suspend: bool = False
 
     immutable_except: ClassVar[frozenset[str] | None] = frozenset({"suspend", "run_policy"})
@@ -338,6 +343,11 @@ class FineTuneJobSpec(ApiModel):
             "earlyStopping needs datasets.validation: it watches the eval loss, or for grader_score the "
             "grader's mean score on the validation prompts",
             field_path=".earlyStopping",
+        ),
+        Rule(
+            "!has(self.deployment) || has(self.outputUri)",
+            "deployment needs outputUri and evalGateRef: only a promoted version is rolled out",
+            field_path=".deployment",
         ),
         Rule(
             "has(self.evalGateRef) == has(self.outputUri)",

@@ -107,6 +107,15 @@ class PromotedArtifact(ApiModel):
     promoted_at: datetime | None = None
 
 
+class RolloutLink(ApiModel):
+    """Where the promoted version stands in the ModelDeployment that rolls it out (spec.deployment)."""
+
+    deployment: Name
+    digest: Annotated[str, Field(max_length=71)]
+    stage: ShortText = Field(description="The deployment's rollout stage for this version.")
+    updated_at: datetime | None = None
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Phase = Phase.PENDING
     last_phase_transition_time: datetime | None = Field(
@@ -127,6 +136,7 @@ class FineTuneJobStatus(ApiModel):
     gate: GateResult | None = None
     approval: Approval | None = None
     promoted: PromotedArtifact | None = None
+    rollout: RolloutLink | None = None
 
 
 __all__ = [
@@ -145,4 +155,5 @@ __all__ = [
     "MetricResult",
     "Progress",
     "PromotedArtifact",
+    "RolloutLink",
 ]
