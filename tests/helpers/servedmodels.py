@@ -13,11 +13,11 @@ import random
 from pathlib import Path
 
 import torch
-from tests.helpers.tinymodels import llama_config, tokenizer
 from transformers import LlamaForCausalLM
 
 from finetune_trainer.promotion import Promotion, publish
 from finetune_trainer.storage import Store
+from helpers.tinymodels import llama_config, tokenizer
 
 QUESTIONS = [
     "is the sky blue today",
