@@ -123,7 +123,7 @@ class Kubelet:
         self.discovery = client.DiscoveryV1Api(self.api)
         self.errors: list[str] = []
         self._pods: dict[str, list[Pod]] = {}
-        self._failed: dict[str, str] = {}  # deployment -> hash of the template that could not start
+        self._failed: dict[str, tuple[str, str]] = {}  # deployment -> (template hash, why it could not start)
         self._status: dict[str, dict[str, Any]] = {}  # deployment uid -> the status last written
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -158,9 +158,12 @@ class Kubelet:
         return pod
 
     def wait_ready(self, deployment: str, replicas: int, timeout: float = 60.0) -> list[Pod]:
-        """Wait until the Deployment has `replicas` ready pods; fails early, with the log, if one dies."""
+        """Wait until the Deployment has `replicas` ready pods; fails early, with the log, if one dies or
+        its template cannot be run."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if deployment in self._failed:
+                raise KubeletError(f"{deployment}: {self._failed[deployment][1]}")
             pods = self.pods(deployment)
             for pod in pods:
                 if not pod.ready:
@@ -230,6 +233,8 @@ class Kubelet:
             for d in self.apps.list_namespaced_deployment(self.namespace, label_selector=self.selector).items
         ]
         names = {d["metadata"]["name"] for d in deployments}
+        for name in [n for n in self._failed if n not in names]:
+            del self._failed[name]
         for name in [n for n in self._pods if n not in names]:
             with self._lock:
                 gone = self._pods.pop(name)
@@ -254,14 +259,16 @@ class Kubelet:
             with self._lock:
                 self._pods[name] = keep
             self._stop_pods(stale)
-        if self._failed.get(name) != current:
+        if self._failed.get(name, (current,))[0] != current:
+            del self._failed[name]  # a new template: try again
+        if name not in self._failed:
             try:
                 while len(keep) < wanted:
                     keep.append(self._start_pod(name, current, template))
                     with self._lock:
                         self._pods[name] = list(keep)
             except Exception as err:
-                self._failed[name] = current
+                self._failed[name] = (current, str(err))
                 self.errors.append(f"{name}: {err}")
                 log.error("kubelet: deployment %s/%s: %s", self.namespace, name, err)
         for pod in keep:
