@@ -1,11 +1,16 @@
 """A tiny HTTP backend for data-plane tests, run as `python echoserver.py NAME HOST PORT` (stdlib only, so
 the tests' kubelet can start it by path): every request is answered 200 with NAME, and its `x-request-id`
-is printed to stdout as `request <id>`, so a test can tell which backend saw which request."""
+is printed to stdout as `request <id>`, so a test can tell which backend saw which request. Also the
+Deployment and Service that run it (`deployment`, `service`): NAME is the pod's name, HOST its address."""
 
 from __future__ import annotations
 
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+PORT = 8000
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -28,6 +33,47 @@ class Echo(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    """`replicas` echo servers labelled app=echo, variant=`name`, each answering with its pod's name."""
+    labels = {"app": "echo", "variant": name}
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    container = {
+        "name": "echo",
+        "image": "localhost/echo:test",
+        "command": ["python", str(Path(__file__).resolve())],
+        "args": ["$(POD_NAME)", "$(POD_IP)", str(PORT)],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def service(name: str) -> dict[str, Any]:
+    """A Service selecting the Deployment `name`, its port `http` (8000)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"app": "echo", "variant": name},
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http"}],
+        },
+    }
 
 
 def main() -> None:

@@ -13,53 +13,13 @@ from typing import Any
 
 import yaml
 
+from helpers.echoserver import PORT, deployment, service
 from helpers.gateway import EnvoyGateway
 from helpers.kube import Cluster
 from helpers.kubelet import Kubelet, Pod
-from helpers.support import ROOT, eventually
+from helpers.support import eventually
 
-ECHO = ROOT / "tests" / "helpers" / "echoserver.py"
-PORT = 8000
 ROUTE = "echo"
-
-
-def deployment(name: str, replicas: int) -> dict[str, Any]:
-    labels = {"app": "echo", "variant": name}
-    env = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-    ]
-    container = {
-        "name": "echo",
-        "image": "localhost/echo:test",
-        "command": ["python", str(ECHO)],
-        "args": ["$(POD_NAME)", "$(POD_IP)", str(PORT)],
-        "env": env,
-        "ports": [{"name": "http", "containerPort": PORT}],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-        },
-    }
-
-
-def service(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"app": "echo", "variant": name},
-            "ports": [{"name": "http", "port": PORT, "targetPort": "http"}],
-        },
-    }
 
 
 def route(
