@@ -1,6 +1,7 @@
 """A tiny HTTP backend for data-plane tests, run as `python echoserver.py NAME HOST PORT` (stdlib only, so
 the tests' kubelet can start it by path): every request is answered 200 with NAME, and its `x-request-id`
-is printed to stdout as `request <id>`, so a test can tell which backend saw which request. Also the
+is printed to stdout as `request <id>`, so a test can tell which backend saw which request; `/metrics`
+counts them for Prometheus (`echo_requests_total`), `/healthz` is the readiness probe. Also the
 Deployment and Service that run it (`deployment`, `service`): NAME is the pod's name, HOST its address."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 PORT = 8000
+ANSWERED: list[str] = []  # request ids (list.append is atomic: the server's threads share it)
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -20,11 +22,15 @@ class Echo(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path != "/healthz":
-            print(f"request {self.headers.get('x-request-id', '-')}", flush=True)
-        body = self.server.name.encode()  # type: ignore[attr-defined]
+        if self.path == "/metrics":
+            body = f"# TYPE echo_requests_total counter\necho_requests_total {len(ANSWERED)}\n".encode()
+        else:
+            if self.path != "/healthz":
+                ANSWERED.append(self.headers.get("x-request-id", "-"))
+                print(f"request {ANSWERED[-1]}", flush=True)
+            body = self.server.name.encode()  # type: ignore[attr-defined]
         self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -1,18 +1,22 @@
 """The tests' kubelet behaves as the controllers it stands in for: a new template replaces the pods (old
 processes gone, EndpointSlice replaced), scaling adds pods, status follows, a deleted Deployment takes its
-pods and endpoints with it, what it cannot run is reported, and nothing outlives it."""
+pods and endpoints with it, what it cannot run is reported, and nothing outlives it. Prometheus scrapes
+its pods at their addresses."""
 
 from __future__ import annotations
 
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from helpers.echoserver import deployment, service
+from helpers.echoserver import PORT, deployment, service
 from helpers.kube import Cluster
 from helpers.kubelet import Kubelet, KubeletError
+from helpers.prometheus import Prometheus
 from helpers.support import eventually
 
 
@@ -59,3 +63,18 @@ def test_template_change_scale_and_delete(cluster: Cluster, namespace: str, tmp_
         cluster.kubectl(*apply, stdin=yaml.safe_dump(deployment("last", 1)))
         (last,) = kubelet.wait_ready("last", 1)
     assert last.process.popen.poll() is not None, "a pod outlived its kubelet"
+
+
+def test_prometheus_scrapes_the_pods(
+    cluster: Cluster, namespace: str, kubelet: Kubelet, prometheus_factory: Callable[..., Prometheus]
+) -> None:
+    apply = ("apply", "--server-side", "-n", namespace, "-f", "-")
+    cluster.kubectl(*apply, stdin=yaml.safe_dump(deployment("echo", 2)))
+    pods = kubelet.wait_ready("echo", 2)
+    server = prometheus_factory({"echo": [f"{pod.address}:{PORT}" for pod in pods]})
+    for pod in pods:
+        for _ in range(5):
+            urllib.request.urlopen(f"http://{pod.address}:{PORT}/", timeout=5).close()
+    result = server.wait_for("sum(echo_requests_total) == 10", timeout=30)
+    assert float(result[0]["value"][1]) == 10
+    assert {t["health"] for t in server.targets()} == {"up"}
