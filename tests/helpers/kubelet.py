@@ -96,6 +96,23 @@ class Pod:
         return self.process.popen.poll() is None
 
 
+def _content(endpoint_slice: dict[str, Any]) -> tuple[object, object]:
+    """What an EndpointSlice says, as comparable values (the server leaves out empty names and lists)."""
+    ports = [
+        (p.get("name", ""), p.get("port"), p.get("protocol", "TCP"))
+        for p in endpoint_slice.get("ports") or []
+    ]
+    endpoints = [
+        (
+            tuple(e["addresses"]),
+            (e.get("conditions") or {}).get("ready"),
+            (e.get("targetRef") or {}).get("name"),
+        )
+        for e in endpoint_slice.get("endpoints") or []
+    ]
+    return ports, endpoints
+
+
 def template_hash(template: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -317,9 +334,8 @@ class Kubelet:
                 env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
             elif "configMapKeyRef" in source:
                 ref = source["configMapKeyRef"]
-                env[var["name"]] = self.core.read_namespaced_config_map(ref["name"], self.namespace).data[
-                    ref["key"]
-                ]
+                data = self.core.read_namespaced_config_map(ref["name"], self.namespace).data or {}
+                env[var["name"]] = data[ref["key"]]
             else:
                 raise KubeletError(f"env {var['name']}: unsupported source {source}")
         return env
@@ -331,7 +347,7 @@ class Kubelet:
         url = f"http://{pod.address}:{_port(probe['port'], container)}{probe.get('path', '/')}"
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
-                return 200 <= response.status < 400
+                return bool(200 <= response.status < 400)
         except OSError:
             return False
 
@@ -373,9 +389,10 @@ class Kubelet:
         self._status[meta["uid"]] = status
 
     def _sync_slices(self, deployments: list[dict[str, Any]]) -> None:
+        serialize = self.api.sanitize_for_serialization
         wanted: dict[str, dict[str, Any]] = {}
-        for service in self.core.list_namespaced_service(self.namespace).items:
-            selector = service.spec.selector or {}
+        for service in map(serialize, self.core.list_namespaced_service(self.namespace).items):
+            selector = service["spec"].get("selector") or {}
             matching = [
                 d
                 for d in deployments
@@ -383,37 +400,38 @@ class Kubelet:
                 and selector.items() <= (d["spec"]["template"]["metadata"].get("labels") or {}).items()
             ]
             if matching:
-                wanted[f"{service.metadata.name}-kubelet"] = self._slice(service, matching)
+                wanted[f"{service['metadata']['name']}-kubelet"] = self._slice(service, matching)
         existing = {
-            s.metadata.name: self.api.sanitize_for_serialization(s)
-            for s in self.discovery.list_namespaced_endpoint_slice(
-                self.namespace, label_selector=f"endpointslice.kubernetes.io/managed-by={MANAGED_BY}"
-            ).items
+            s["metadata"]["name"]: s
+            for s in map(
+                serialize,
+                self.discovery.list_namespaced_endpoint_slice(
+                    self.namespace, label_selector=f"endpointslice.kubernetes.io/managed-by={MANAGED_BY}"
+                ).items,
+            )
         }
         for name, body in wanted.items():
             if name not in existing:
                 self.discovery.create_namespaced_endpoint_slice(self.namespace, body)
                 log.info("kubelet: created EndpointSlice %s/%s", self.namespace, name)
-            elif (existing[name].get("endpoints") or [], existing[name].get("ports") or []) != (
-                body["endpoints"],
-                body["ports"],
-            ):
+            elif _content(existing[name]) != _content(body):
                 self.discovery.patch_namespaced_endpoint_slice(
                     name, self.namespace, {"endpoints": body["endpoints"], "ports": body["ports"]}
                 )
                 log.info("kubelet: updated EndpointSlice %s/%s", self.namespace, name)
         for name in existing.keys() - wanted.keys():
             self.discovery.delete_namespaced_endpoint_slice(name, self.namespace)
+            log.info("kubelet: deleted EndpointSlice %s/%s", self.namespace, name)
 
-    def _slice(self, service: client.V1Service, deployments: list[dict[str, Any]]) -> dict[str, Any]:
+    def _slice(self, service: dict[str, Any], deployments: list[dict[str, Any]]) -> dict[str, Any]:
         container = deployments[0]["spec"]["template"]["spec"]["containers"][0]
         ports = [
             {
-                "name": port.name or "",
-                "port": _port(port.target_port if port.target_port is not None else port.port, container),
-                "protocol": port.protocol or "TCP",
+                "name": port.get("name", ""),
+                "port": _port(port.get("targetPort", port["port"]), container),
+                "protocol": port.get("protocol", "TCP"),
             }
-            for port in service.spec.ports or []
+            for port in service["spec"].get("ports") or []
         ]
         endpoints = [
             {
@@ -429,9 +447,9 @@ class Kubelet:
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {
-                "name": f"{service.metadata.name}-kubelet",
+                "name": f"{service['metadata']['name']}-kubelet",
                 "labels": {
-                    "kubernetes.io/service-name": service.metadata.name,
+                    "kubernetes.io/service-name": service["metadata"]["name"],
                     "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
                 },
             },
