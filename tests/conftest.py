@@ -3,6 +3,8 @@
     tests/unit/          unit: pure logic, no process or server started
     tests/integration/   integration: real components (apiserver, S3, trainer processes) started here
     tests/e2e/           e2e: a whole user journey, as a user runs it
+    tests/rollout/       rollout: the Gateway API data plane (Envoy Gateway, Envoy, pods played by the
+                         tests' kubelet), in a network namespace of its own (tests/gateway/netns.sh)
 
 so `pytest -m unit` is the fast loop and `pytest -m "not e2e"` leaves out the slowest journeys.
 
@@ -18,7 +20,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-KINDS = ("unit", "integration", "e2e")
+KINDS = ("unit", "integration", "e2e", "rollout")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,6 +41,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         kind = next((k for k in KINDS if f"{os.sep}tests{os.sep}{k}{os.sep}" in str(item.path)), None)
         if kind is None:
             raise pytest.UsageError(
-                f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/e2e"
+                f"{item.nodeid}: tests live in tests/unit, tests/integration, tests/e2e or tests/rollout"
             )
         item.add_marker(getattr(pytest.mark, kind))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 
-from controlplane.cluster import ControlPlane
+from controlplane.cluster import ControlPlane, running
+from helpers.support import CRDS
 
 EXAMPLES_NAMESPACE = "ml-platform"
 
@@ -83,3 +87,16 @@ class Cluster:
         return sorted(
             j.metadata.name for j in client.BatchV1Api(self.api).list_namespaced_job(namespace).items
         )
+
+
+@contextlib.contextmanager
+def running_cluster(workdir: Path, *, with_controllers: bool = False) -> Iterator[Cluster]:
+    """A control plane with the project's CRDs applied and the examples' namespace created, for the block."""
+    with running(with_controllers=with_controllers, workdir=workdir, crds=CRDS) as plane:
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        cluster = Cluster(plane, api)
+        cluster.kubectl("create", "namespace", EXAMPLES_NAMESPACE)
+        try:
+            yield cluster
+        finally:
+            api.close()

@@ -53,7 +53,8 @@ def _volume(
         raise AssertionError(f"unsupported volume {volume}")
 
 
-def _expand(value: str, env: dict[str, str]) -> str:
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion in command, args and env values; an unknown one stays as written."""
     return VAR.sub(lambda m: env.get(m.group(1), m.group(0)), value)
 
 
@@ -84,11 +85,11 @@ def run_job(
     env = {"PATH": os.environ["PATH"], **BASE_ENV}
     for var in container.get("env", []):
         if "value" in var:
-            env[var["name"]] = local(_expand(var["value"], env))
+            env[var["name"]] = local(expand(var["value"], env))
         else:
             ref = var["valueFrom"]["secretKeyRef"]
             env[var["name"]] = (secrets or {})[ref["name"]][ref["key"]]
-    command = [local(_expand(arg, env)) for arg in container["command"] + container.get("args", [])]
+    command = [local(expand(arg, env)) for arg in container["command"] + container.get("args", [])]
     assert command[0] == "python", f"the runner starts python entry points, not {command[0]}"
     done = subprocess.run(
         [sys.executable, *command[1:]],

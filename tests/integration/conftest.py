@@ -6,28 +6,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import config
 
-from controlplane.cluster import running
 from helpers.datagen import chat_rows
-from helpers.kube import EXAMPLES_NAMESPACE, Cluster
+from helpers.kube import Cluster, running_cluster
 from helpers.operator_process import OperatorProcess
 from helpers.s3server import S3Server
 from helpers.s3server import running as s3_running
 from helpers.scenario import Scenario, new_scenario
-from helpers.support import CRDS
 from helpers.tinymodels import causal_lm
 
 
 def _start(tmp: Path, *, with_controllers: bool) -> Iterator[Cluster]:
-    with running(with_controllers=with_controllers, workdir=tmp, crds=CRDS) as plane:
-        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-        cluster = Cluster(plane, api)
-        cluster.kubectl("create", "namespace", EXAMPLES_NAMESPACE)
-        try:
-            yield cluster
-        finally:
-            api.close()
+    with running_cluster(tmp, with_controllers=with_controllers) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
