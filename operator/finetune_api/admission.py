@@ -19,7 +19,14 @@ removes one of them (`matchConditions`), whoever sends it (system:masters includ
 The operator honours approvals only while both policies and their bindings are installed (`POLICIES`), so
 an approval always carries a name the API server authenticated.
 
-Pure: builds the objects; `python -m finetune_api.crd` writes them to crds/admission/approval-policy.yaml.
+A third policy does the same for a ModelDeployment's manual rollout actions (`finetune.dev/rollout-action`
+and `finetune.dev/rollout-action-by`): `rollouts.finetune.dev` requires, of every request that changes
+either, that `rollout-action-by` is the requester's own user name (removing both is allowed: the operator
+does so once it has acted) and that the action is one of ROLLOUT_ACTIONS. The operator honours actions
+only while it and its binding are installed (`ROLLOUT_POLICIES`).
+
+Pure: builds the objects; `python -m finetune_api.crd` writes them to crds/admission/approval-policy.yaml
+and crds/admission/rollout-policy.yaml.
 Apply it after the CRDs are Established: a policy whose paramKind the API server cannot resolve yet denies
 every FineTuneJob request until it is re-applied (`kubectl apply -f crds/` does not recurse into it).
 """
@@ -36,11 +43,20 @@ from finetune_api.v1alpha1.finetunejob_status import (
     REJECT_ANNOTATION,
     REJECTED_BY_ANNOTATION,
 )
+from finetune_api.v1alpha1.modeldeployment import (
+    ROLLOUT_ACTION_ANNOTATION,
+    ROLLOUT_ACTION_BY_ANNOTATION,
+    ROLLOUT_ACTIONS,
+    ROLLOUT_ANNOTATIONS,
+)
 
 POLICY_NAME = f"approvals.{GROUP}"  # the requester's own name in approved-by / rejected-by
 APPROVERS_POLICY_NAME = f"approvers.{GROUP}"  # the requester is one of the gate's approvers
 POLICIES = (POLICY_NAME, APPROVERS_POLICY_NAME)
 POLICY_FILE = "admission/approval-policy.yaml"  # under crds/: applied once the CRDs are Established
+ROLLOUT_POLICY_NAME = f"rollouts.{GROUP}"  # the requester's own name in rollout-action-by
+ROLLOUT_POLICIES = (ROLLOUT_POLICY_NAME,)
+ROLLOUT_POLICY_FILE = "admission/rollout-policy.yaml"
 ADMISSION_API = "admissionregistration.k8s.io/v1"
 
 
@@ -69,14 +85,21 @@ VARIABLES = {
     ),
 }
 PARAM_VARIABLES = ("judgedHere", "approver")
-# Whether the request adds, changes or removes an approval annotation (variables are not available here).
-CHANGES = (
-    f"{_keys(APPROVAL_ANNOTATIONS)}.exists(k, "
-    "(has(object.metadata.annotations) && k in object.metadata.annotations ? "
-    "object.metadata.annotations[k] : '') != "
-    "(oldObject != null && has(oldObject.metadata.annotations) && k in oldObject.metadata.annotations ? "
-    "oldObject.metadata.annotations[k] : ''))"
-)
+
+
+def changes(keys: tuple[str, ...]) -> str:
+    """CEL: whether the request adds, changes or removes one of `keys` (variables are not available in
+    matchConditions)."""
+    return (
+        f"{_keys(keys)}.exists(k, "
+        "(has(object.metadata.annotations) && k in object.metadata.annotations ? "
+        "object.metadata.annotations[k] : '') != "
+        "(oldObject != null && has(oldObject.metadata.annotations) && k in oldObject.metadata.annotations ? "
+        "oldObject.metadata.annotations[k] : ''))"
+    )
+
+
+CHANGES = changes(APPROVAL_ANNOTATIONS)
 
 
 def _own_name(decision: str, by: str) -> dict[str, str]:
@@ -94,11 +117,20 @@ def _own_name(decision: str, by: str) -> dict[str, str]:
     }
 
 
-def _policy(name: str, validations: list[dict[str, str]], *, params: bool) -> dict[str, Any]:
+def _policy(
+    name: str,
+    validations: list[dict[str, str]],
+    *,
+    params: bool,
+    resource: str = "finetunejobs",
+    keys: tuple[str, ...] = APPROVAL_ANNOTATIONS,
+    condition: str = "changes-an-approval",
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"failurePolicy": "Fail"}
     if params:
         spec["paramKind"] = {"apiVersion": API_VERSION, "kind": "EvalGate"}
     variables = {k: v for k, v in VARIABLES.items() if params or k not in PARAM_VARIABLES}
+    variables["changed"] = f"{_keys(keys)}.filter(k, {_annotation('new', 'k')} != {_annotation('old', 'k')})"
     spec |= {
         "matchConstraints": {
             "resourceRules": [
@@ -106,11 +138,11 @@ def _policy(name: str, validations: list[dict[str, str]], *, params: bool) -> di
                     "apiGroups": [GROUP],
                     "apiVersions": ["*"],
                     "operations": ["CREATE", "UPDATE"],
-                    "resources": ["finetunejobs"],
+                    "resources": [resource],
                 }
             ]
         },
-        "matchConditions": [{"name": "changes-an-approval", "expression": CHANGES}],
+        "matchConditions": [{"name": condition, "expression": changes(keys)}],
         "variables": [{"name": key, "expression": text} for key, text in variables.items()],
         "validations": validations,
     }
@@ -165,3 +197,33 @@ def manifests() -> list[dict[str, Any]]:
         _policy(APPROVERS_POLICY_NAME, approvers, params=True),
         _binding(APPROVERS_POLICY_NAME, params=True),
     ]
+
+
+def rollout_manifests() -> list[dict[str, Any]]:
+    """The rollout actions' policy and its binding: the requester's own name in rollout-action-by, and an
+    action the operator knows."""
+    action = _annotation("new", f"'{ROLLOUT_ACTION_ANNOTATION}'")
+    validations = [
+        _own_name(ROLLOUT_ACTION_ANNOTATION, ROLLOUT_ACTION_BY_ANNOTATION),
+        {
+            "expression": f"{action} == '' || {action} in {_keys(ROLLOUT_ACTIONS)}",
+            "messageExpression": (
+                f"'{ROLLOUT_ACTION_ANNOTATION} must be one of {', '.join(ROLLOUT_ACTIONS)}, not ' + {action}"
+            ),
+            "reason": "Invalid",
+        },
+    ]
+    return [
+        _policy(
+            ROLLOUT_POLICY_NAME,
+            validations,
+            params=False,
+            resource="modeldeployments",
+            keys=ROLLOUT_ANNOTATIONS,
+            condition="changes-a-rollout-action",
+        ),
+        _binding(ROLLOUT_POLICY_NAME, params=False),
+    ]
+
+
+FILES = {POLICY_FILE: manifests, ROLLOUT_POLICY_FILE: rollout_manifests}

@@ -232,15 +232,16 @@ def render(crd: Schema) -> str:
 
 
 def all_files() -> dict[str, str]:
-    """File name -> text of everything `make crds` writes: the CRDs and the approval admission policy."""
+    """File name -> text of everything `make crds` writes: the CRDs and the admission policies."""
     from finetune_api import admission  # noqa: PLC0415 - imports the registry, which imports this module
 
     files = {name: render(crd) for name, crd in all_crds().items()}
-    body = "---\n".join(
-        yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False, width=100, allow_unicode=True)
-        for doc in admission.manifests()
-    )
-    files[admission.POLICY_FILE] = HEADER + body
+    for filename, manifests in admission.FILES.items():
+        body = "---\n".join(
+            yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False, width=100, allow_unicode=True)
+            for doc in manifests()
+        )
+        files[filename] = HEADER + body
     return files
 
 

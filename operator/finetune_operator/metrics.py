@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from finetune_api.serving import DEFAULT_ANALYSIS
 from finetune_api.v1alpha1 import (
     ConditionType,
     EvalGate,
@@ -34,6 +35,12 @@ from finetune_api.v1alpha1 import (
     Reason,
 )
 from finetune_api.v1alpha1.conditions import Verdict
+from finetune_api.v1alpha1.modeldeployment_status import (
+    DeploymentConditionType,
+    DeploymentReason,
+    ModelDeploymentStatus,
+    RolloutStage,
+)
 
 PREFIX = "finetune_operator"
 # From a second (a validation) to a day (a long training run, a week in a queue is +Inf).
@@ -106,6 +113,43 @@ class JobRow:
         )
 
 
+# Why a rollout stops (the RolledBack condition's reason); each created at 0 for a newly seen deployment.
+ROLLBACK_REASONS: tuple[DeploymentReason, ...] = (
+    DeploymentReason.CANDIDATE_NOT_READY,
+    DeploymentReason.SHADOW_FAILED,
+    DeploymentReason.SHADOW_INCONCLUSIVE,
+    DeploymentReason.ANALYSIS_FAILED,
+    DeploymentReason.ABORTED,
+    DeploymentReason.SUPERSEDED,
+)
+ROLLOUT_RESULTS = ("Promoted", "RolledBack")
+ANALYSIS_RESULTS = ("passed", "failed", "inconclusive")
+PROMETHEUS_ERRORS = ("timeout", "unreachable", "http", "promql", "result", "series")
+
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    """What the gauges need of one ModelDeployment, read from its body."""
+
+    stage: str
+    candidate_weight: int
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> DeploymentRow:
+        status = body.get("status") or {}
+        weight = (status.get("weights") or {}).get("candidate", 0)
+        return cls(str(status.get("stage") or RolloutStage.IDLE), int(weight or 0))
+
+
+def analysis_names(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The analysis metrics a ModelDeployment's canary evaluates (the built-in ones when unset)."""
+    analysis = ((((body.get("spec") or {}).get("rollout") or {}).get("canary") or {}).get("analysis")) or {}
+    metrics = analysis.get("metrics")
+    if metrics is None:
+        return tuple(m.name for m in DEFAULT_ANALYSIS)
+    return tuple(str(m.get("name", "")) for m in metrics if isinstance(m, Mapping))
+
+
 def _timestamp(value: Any) -> float:
     if isinstance(value, dt.datetime):
         return value.timestamp()
@@ -160,6 +204,45 @@ class JobTable(Collector):
         return iter(())  # computed at scrape time: nothing to check at registration
 
 
+class DeploymentTable(Collector):
+    """Every ModelDeployment the watch has shown, as gauges computed when Prometheus scrapes: its stage
+    (1 for the current one, 0 for the others) and the candidate's traffic weight."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], DeploymentRow] = {}
+
+    def update(self, namespace: str, name: str, row: DeploymentRow | None) -> bool:
+        """Record (or, with None, forget) a deployment's row; True when it is new to the table."""
+        if row is None:
+            self.rows.pop((namespace, name), None)
+            return False
+        new = (namespace, name) not in self.rows
+        self.rows[(namespace, name)] = row
+        return new
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rows = sorted(self.rows.items())
+        stage = GaugeMetricFamily(
+            f"{PREFIX}_modeldeployment_stage",
+            "Each ModelDeployment's rollout stage: 1 for the current one, 0 for the others.",
+            labels=["namespace", "modeldeployment", "stage"],
+        )
+        weight = GaugeMetricFamily(
+            f"{PREFIX}_modeldeployment_candidate_weight",
+            "Percent of each ModelDeployment's traffic routed to its candidate.",
+            labels=["namespace", "modeldeployment"],
+        )
+        for (namespace, name), row in rows:
+            for value in RolloutStage:
+                stage.add_metric([namespace, name, value.value], 1 if row.stage == value else 0)
+            weight.add_metric([namespace, name], row.candidate_weight)
+        yield stage
+        yield weight
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("finetune-operator")
@@ -175,6 +258,8 @@ class Metrics:
         r = self.registry
         self.table = JobTable()
         r.register(self.table)
+        self.deployments = DeploymentTable()
+        r.register(self.deployments)
         ProcessCollector(registry=r)
         Gauge(f"{PREFIX}_build_info", "Always 1; the version running.", ["version"], registry=r).labels(
             _version()
@@ -244,6 +329,35 @@ class Metrics:
         self.loops = Gauge(
             f"{PREFIX}_reconcile_loops", "FineTuneJobs with a running reconcile loop.", registry=r
         )
+        self.deployment_loops = Gauge(
+            f"{PREFIX}_modeldeployment_loops", "ModelDeployments with a running reconcile loop.", registry=r
+        )
+        self.rollouts = Counter(
+            f"{PREFIX}_rollouts",
+            "ModelDeployment rollouts that ended, by result (Promoted, RolledBack).",
+            ["namespace", "result"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            f"{PREFIX}_rollbacks",
+            "ModelDeployment rollouts rolled back, by the reason.",
+            ["namespace", "reason"],
+            registry=r,
+        )
+        self.analyses = Counter(
+            f"{PREFIX}_rollout_analyses",
+            "Canary analyses recorded, by metric and result (passed, failed, inconclusive).",
+            ["namespace", "metric", "result"],
+            registry=r,
+        )
+        self.prometheus_errors = Counter(
+            f"{PREFIX}_prometheus_query_errors",
+            "Prometheus queries of the operator that failed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in PROMETHEUS_ERRORS:
+            self.prometheus_errors.labels(reason)
 
     def seen(self, namespace: str, method: str, gate: str | None) -> None:
         """A job first seen: create at 0 the series its lifecycle can move (see the module docstring)."""
@@ -265,6 +379,36 @@ class Metrics:
         for suite in gate.spec.suites:
             for result in ("passed", "failed"):
                 self.checks.labels(namespace, name, suite.name, str(suite.metric), result)
+
+    def deployment_seen(self, namespace: str, analyses: tuple[str, ...]) -> None:
+        """A ModelDeployment first seen: create at 0 the series its rollouts can move."""
+        for result in ROLLOUT_RESULTS:
+            self.rollouts.labels(namespace, result)
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(namespace, reason)
+        for metric in analyses:
+            for result in ANALYSIS_RESULTS:
+                self.analyses.labels(namespace, metric, result)
+
+    def record_deployment(
+        self, namespace: str, old: ModelDeploymentStatus, new: ModelDeploymentStatus
+    ) -> None:
+        """Count what writing `new` over a ModelDeployment's status changed: the end of a rollout and the
+        analyses it adds. Called once per status write, after it succeeded."""
+        if new.stage != old.stage and new.stage == RolloutStage.SUCCEEDED:
+            self.rollouts.labels(namespace, "Promoted").inc()
+        if new.stage != old.stage and new.stage == RolloutStage.ROLLED_BACK:
+            self.rollouts.labels(namespace, "RolledBack").inc()
+            reason = next(
+                (c.reason for c in new.conditions if c.type == DeploymentConditionType.ROLLED_BACK),
+                "Unknown",
+            )
+            self.rollbacks.labels(namespace, reason).inc()
+        known = {(a.time, a.step, a.metric) for a in old.analyses}
+        for analysis in new.analyses:
+            if (analysis.time, analysis.step, analysis.metric) not in known:
+                result = {True: "passed", False: "failed", None: "inconclusive"}[analysis.passed]
+                self.analyses.labels(namespace, analysis.metric, result).inc()
 
     def record(self, job: FineTuneJob, new: FineTuneJobStatus, now: dt.datetime) -> None:
         """Count what writing `new` over the job's current status changed: its phase, a verdict, the end

@@ -36,7 +36,7 @@ RELEASE = "finetune-operator"
 SYSTEM = "finetune-system"
 OPERATOR_SA = "finetune-operator"  # the full name: the release is named after the chart
 TRAINER_SA = "finetune-operator-trainer"
-CRD_NAMES = ("finetunejobs.finetune.dev", "evalgates.finetune.dev")
+CRD_NAMES = ("finetunejobs.finetune.dev", "evalgates.finetune.dev", "modeldeployments.finetune.dev")
 
 # The values combinations that change what is rendered.
 VALUES: dict[str, list[str]] = {
@@ -151,6 +151,29 @@ def test_the_operator_runs_once_restricted_and_probed(helm: Path) -> None:
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"containerPort": 8080, "name": "health"} in container["ports"]
+
+
+def test_the_operator_may_drive_rollouts_and_actions_are_guarded(helm: Path) -> None:
+    docs = render(helm)
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    rights = {
+        (g, r): set(rule["verbs"])
+        for rule in cluster_role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+    assert rights[("finetune.dev", "modeldeployments")] == {"list", "watch", "patch"}
+    assert rights[("finetune.dev", "modeldeployments/status")] == {"patch"}
+    assert rights[("apps", "deployments")] == {"list", "watch", "patch", "delete"}
+    assert rights[("gateway.networking.k8s.io", "httproutes")] == {"list", "watch", "patch", "delete"}
+    assert {"patch", "delete"} <= rights[("", "services")]
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
+    assert "rollouts.finetune.dev" in policies
+    (operator_writes,) = [p for name, p in policies.items() if name.endswith("-operator-writes.finetune.dev")]
+    (rule,) = operator_writes["spec"]["matchConstraints"]["resourceRules"]
+    assert "modeldeployments" in rule["resources"]
+    bindings = {d["metadata"]["name"] for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"}
+    assert "rollouts.finetune.dev" in bindings
 
 
 def test_watch_namespaces_grant_namespaced_rights_only_there(helm: Path) -> None:

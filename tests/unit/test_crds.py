@@ -15,6 +15,7 @@ from finetune_api.crd import all_crds, render
 from helpers.support import CRDS, ROOT
 
 CHART_CRDS = ROOT / "helm" / "finetune-operator" / "files" / "crds"
+POLICY_FILES = ["approval-policy.yaml", "rollout-policy.yaml"]
 
 FORBIDDEN = {"$ref", "$defs", "oneOf", "allOf", "title", "default", "const", "discriminator"}
 # inside anyOf/not a structural schema allows value validations only
@@ -66,10 +67,16 @@ def test_committed_crds_match_the_models() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in CRDS.glob("*.yaml")) == sorted(CRD_FILES)
-    assert [p.name for p in (CRDS / "admission").iterdir()] == ["approval-policy.yaml"]
+    assert sorted(p.name for p in (CRDS / "admission").iterdir()) == [
+        "approval-policy.yaml",
+        "rollout-policy.yaml",
+    ]
     # the chart's copy (templates render it) is the same set of files
     assert sorted(p.name for p in CHART_CRDS.glob("*.yaml")) == sorted(CRD_FILES)
-    assert [p.name for p in (CHART_CRDS / "admission").iterdir()] == ["approval-policy.yaml"]
+    assert sorted(p.name for p in (CHART_CRDS / "admission").iterdir()) == [
+        "approval-policy.yaml",
+        "rollout-policy.yaml",
+    ]
 
 
 def test_check_mode_detects_drift(tmp_path) -> None:

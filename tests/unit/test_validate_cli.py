@@ -93,7 +93,9 @@ def test_unknown_kind_is_named() -> None:
     _, _, problems = validate_document(
         {"apiVersion": "finetune.dev/v1alpha1", "kind": "TrainJob", "spec": {}}
     )
-    assert [str(p) for p in problems] == ["kind: must be one of EvalGate, FineTuneJob, got 'TrainJob'"]
+    assert [str(p) for p in problems] == [
+        "kind: must be one of EvalGate, FineTuneJob, ModelDeployment, got 'TrainJob'"
+    ]
 
 
 def test_readme_manifests_are_valid() -> None:

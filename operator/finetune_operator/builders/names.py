@@ -13,6 +13,11 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FINALIZER = f"{GROUP}/cleanup"
+# A ModelDeployment's children: which deployment and variant (stable, candidate) they serve, and the
+# version a model server's pod template serves (an annotation: digests are longer than label values).
+DEPLOYMENT_LABEL = f"{GROUP}/modeldeployment"
+VARIANT_LABEL = f"{GROUP}/variant"
+MODEL_DIGEST_ANNOTATION = f"{GROUP}/model-digest"
 
 VALIDATE = "validate"
 TRAIN = "train"

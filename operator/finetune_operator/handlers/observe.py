@@ -29,6 +29,20 @@ INDEXES = ("child_jobs", "child_pods", "child_configs", "child_services")
 Indexes = Mapping[str, Mapping[Any, Any]]
 
 
+async def policy_problem(kube: KubeClient, names: tuple[str, ...], what: str) -> str | None:
+    """Why the admission policies `names` (each with its binding) cannot be relied on: one is missing or
+    cannot be read; None when all are installed."""
+    problem = None
+    try:
+        for name in names:
+            for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+                if await kube.get(kind, "", name) is None:
+                    problem = problem or f"{kind} {name} is not installed"
+    except KubeError as err:
+        problem = f"cannot read the {what} policies: {err}"
+    return problem
+
+
 @dataclass
 class Observer:
     """What one operator process needs to observe jobs: its API client, settings and Secret cache."""
@@ -43,14 +57,7 @@ class Observer:
         read); None when all are installed. Cached for POLICY_TTL."""
         if self.policy is not None and time.monotonic() - self.policy[0] < POLICY_TTL:
             return self.policy[1]
-        problem = None
-        try:
-            for name in POLICIES:
-                for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
-                    if await self.kube.get(kind, "", name) is None:
-                        problem = problem or f"{kind} {name} is not installed"
-        except KubeError as err:
-            problem = f"cannot read the approval policies: {err}"
+        problem = await policy_problem(self.kube, POLICIES, "approval")
         if problem is not None:
             problem += f" (apply crds/{POLICY_FILE}: without it anyone could approve under any name)"
         self.policy = (time.monotonic(), problem)

@@ -90,9 +90,9 @@ def evalgate(body: Mapping[str, Any] | None, name: str, namespace: str) -> tuple
 
 
 def essence(body: Mapping[str, Any]) -> bytes:
-    """What reconcile reads of a FineTuneJob (not managedFields, not kubectl's copy of the whole
-    manifest), as compact JSON: parked loops keep this between steps, and a 1.5 KB string weighs a tenth
-    of the same dicts. Each step validates it afresh (about 0.1 ms)."""
+    """What reconcile reads of a FineTuneJob or a ModelDeployment (not managedFields, not kubectl's copy
+    of the whole manifest), as compact JSON: parked loops keep this between steps, and a 1.5 KB string
+    weighs a tenth of the same dicts. Each step validates it afresh (about 0.1 ms)."""
     meta = body.get("metadata") or {}
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != LAST_APPLIED}
     kept = {
@@ -101,6 +101,7 @@ def essence(body: Mapping[str, Any]) -> bytes:
             "namespace": meta.get("namespace"),
             "uid": meta.get("uid"),
             "generation": meta.get("generation"),
+            "resourceVersion": meta.get("resourceVersion"),
             "annotations": annotations,
         },
         "spec": dict(body.get("spec") or {}),

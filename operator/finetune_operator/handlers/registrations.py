@@ -9,6 +9,10 @@ runtime (`runtime.Runtime`) or storage.
   staging prefix, and gives up on S3 after the cleanup deadline rather than block deletion forever.
 - Kopf's own bookkeeping lives in `finetune.dev/*` annotations; status holds only declared fields.
 - Every FineTuneJob event also refreshes its row in the metrics' job table (phase, method, since when).
+- ModelDeployments (`deployments.DeploymentRuntime`): indexes of their model server Deployments and
+  HTTPRoute (by the `modeldeployment` label) and of the versions FineTuneJobs promoted for them (by
+  `spec.deployment.name`); an event on any of these wakes the deployment's loop. No finalizer: owner
+  references let the garbage collector remove the children.
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ import kopf
 from finetune_api.base import GROUP, VERSION
 from finetune_api.errors import DomainError, PermanentError, TemporaryError
 from finetune_api.plan import RunPlan
-from finetune_api.v1alpha1 import FINETUNEJOB_CRD, FineTuneJob, Reason
-from finetune_operator.builders.names import FINALIZER, JOB_LABEL, MANAGER
+from finetune_api.v1alpha1 import FINETUNEJOB_CRD, MODELDEPLOYMENT_CRD, FineTuneJob, Reason
+from finetune_operator.builders.names import DEPLOYMENT_LABEL, FINALIZER, JOB_LABEL, MANAGER
 from finetune_operator.builders.workloads import CONFIG_KEY
-from finetune_operator.handlers import parse
+from finetune_operator.handlers import parse, rollout_parse
+from finetune_operator.handlers.deployments import DEPLOYMENT_INDEXES, DeploymentObserver, DeploymentRuntime
 from finetune_operator.handlers.observe import INDEXES, Observer
 from finetune_operator.handlers.runtime import Runtime
 from finetune_operator.kube.client import KubeClient
-from finetune_operator.metrics import METRICS, JobRow
+from finetune_operator.metrics import METRICS, DeploymentRow, JobRow, analysis_names
+from finetune_operator.prometheus.client import PrometheusClient
 from finetune_operator.settings import Settings
 from finetune_operator.storage.s3 import delete_prefix
 
 PLURAL = FINETUNEJOB_CRD.plural
+DEPLOYMENTS = MODELDEPLOYMENT_CRD.plural
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
+SERVING: dict[str, Any] = {**MANAGED, DEPLOYMENT_LABEL: kopf.PRESENT}
 CLEANUP_RETRY_SECONDS = 15
 
 
@@ -63,12 +71,17 @@ async def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     settings.watching.server_timeout = 300
     settings.queueing.idle_timeout = 0.5  # Kopf's per-object workers hold the last raw body while idle
     kube = KubeClient.connect()
-    memo.runtime = Runtime(kube, Observer(kube, Settings.from_env()))
+    settings_ = Settings.from_env()
+    memo.runtime = Runtime(kube, Observer(kube, settings_))
+    observer = DeploymentObserver(kube, PrometheusClient.connect(), settings_)
+    memo.deployments = DeploymentRuntime(kube, observer)
 
 
 @kopf.on.cleanup()
 async def close(*, memo: kopf.Memo, **_: Any) -> None:
     await memo.runtime.close()
+    await memo.deployments.close()
+    await memo.deployments.observer.prometheus.close()
     await memo.runtime.kube.close()
 
 
@@ -95,6 +108,32 @@ def child_services(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> d
     return {(namespace, labels[JOB_LABEL]): True}
 
 
+@kopf.index("apps", "v1", "deployments", labels=SERVING)
+def model_servers(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    server = rollout_parse.server_observation(body)
+    return {} if server is None else {(namespace, labels[DEPLOYMENT_LABEL]): server}
+
+
+@kopf.index("gateway.networking.k8s.io", "v1", "httproutes", labels=SERVING)
+def model_routes(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[DEPLOYMENT_LABEL]): rollout_parse.route_observation(body)}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def promoted_versions(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """The version a succeeded FineTuneJob promoted, under the ModelDeployment it names ({} otherwise:
+    an empty result also removes what the job indexed before)."""
+    deployment = ((body.get("spec") or {}).get("deployment") or {}).get("name")
+    version = rollout_parse.promoted_version(body) if deployment else None
+    return {} if version is None else {(namespace, deployment): version}
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=SERVING)
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=SERVING)
+def serving_changed(*, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    memo.deployments.wake(namespace, labels.get(DEPLOYMENT_LABEL))
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
 def child_changed(*, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
@@ -108,6 +147,9 @@ async def job_changed(
     """Start, feed or stop the object's reconcile loop. Kopf's daemons would do the same but put a
     finalizer on every object; this way only objects whose deletion needs work get one."""
     runtime: Runtime = memo.runtime
+    deployment = ((body.get("spec") or {}).get("deployment") or {}).get("name")
+    if deployment:  # its promoted version (or its link) may have changed
+        memo.deployments.wake(namespace, deployment)
     if type == "DELETED":
         METRICS.table.update(namespace or "", name, None)
     elif METRICS.table.update(namespace or "", name, row := JobRow.of(body)):
@@ -117,6 +159,22 @@ async def job_changed(
         runtime.stop(namespace or "", name)
         return
     runtime.feed(namespace or "", name, parse.essence(body), {index: kwargs[index] for index in INDEXES})
+
+
+@kopf.on.event(GROUP, VERSION, DEPLOYMENTS)
+async def deployment_changed(
+    *, type: str, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """Start, feed or stop a ModelDeployment's loop; keep its row of the stage and weight gauges."""
+    deployments: DeploymentRuntime = memo.deployments
+    if type == "DELETED" or body.metadata.get("deletionTimestamp"):
+        METRICS.deployments.update(namespace or "", name, None)
+        deployments.stop(namespace or "", name)
+        return
+    if METRICS.deployments.update(namespace or "", name, DeploymentRow.of(body)):
+        METRICS.deployment_seen(namespace or "", analysis_names(body))
+    indexes = {index: kwargs[index] for index in DEPLOYMENT_INDEXES}
+    deployments.feed(namespace or "", name, parse.essence(body), indexes)
 
 
 # --- deletion -------------------------------------------------------------------------------------

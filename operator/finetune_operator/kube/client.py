@@ -1,4 +1,5 @@
-"""The operator's writes to the Kubernetes API: create-if-absent, server-side apply, status, delete.
+"""The operator's writes to the Kubernetes API: create-if-absent, server-side apply, status, annotation
+removal, events, delete.
 
 Reads come from Kopf's watch-fed indexes (see handlers); this module only writes, plus the odd GET (a
 Secret for S3 credentials). One aiohttp session, authenticated the way kubectl is (kubeconfig or the
@@ -31,6 +32,8 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Secret": ("/api/v1", "secrets"),
     "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     **{names.kind: (f"/apis/{API_VERSION}", names.plural) for _, names in API_RESOURCES},
     # cluster-scoped (namespace ""): the approval policies' presence is what makes approvals trustworthy
     "ValidatingAdmissionPolicy": ("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies"),
@@ -150,6 +153,23 @@ class KubeClient:
             body["metadata"] = {"resourceVersion": resource_version}
         url = self._url(kind, namespace, name, "status")
         await self._request("patch_status", "PATCH", url, body, MERGE, parse=False)
+
+    async def remove_annotations(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        keys: tuple[str, ...],
+        *,
+        resource_version: str | None = None,
+    ) -> None:
+        """Merge-patch the metadata so that `keys` are gone (absent keys are fine); with
+        `resource_version`, only if the object is still at it (409 if another writer came first)."""
+        metadata: dict[str, Any] = {"annotations": dict.fromkeys(keys)}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
+        url = self._url(kind, namespace, name)
+        await self._request("patch", "PATCH", url, {"metadata": metadata}, MERGE, parse=False)
 
     async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
         """Record a core/v1 Event about `involved` (apiVersion, kind, name, namespace, uid)."""

@@ -13,9 +13,9 @@ from finetune_api.v1alpha1.finetunejob import MAX_CHECKPOINTS, CheckpointRecord,
 
 def set_condition(
     conditions: list[Condition],
-    type_: ConditionType,
+    type_: ConditionType | str,
     status: ConditionStatus,
-    reason: Reason,
+    reason: Reason | str,
     message: str,
     *,
     now: datetime,
@@ -35,7 +35,7 @@ def set_condition(
     return [updated if c.type == type_ else c for c in conditions] if previous else [*conditions, updated]
 
 
-def condition(conditions: list[Condition], type_: ConditionType) -> Condition | None:
+def condition(conditions: list[Condition], type_: ConditionType | str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
 
 
