@@ -25,6 +25,7 @@ from finetune_api.base import ApiModel, Name, ShortText, Uri
 from finetune_api.v1alpha1.modeldeployment import AnalysisMetric, ServedModel, ShadowCheck, ThresholdRange
 
 SERVE_CONFIG_PATH = "/etc/finetune/serve.json"
+ENV_SERVE_CONTRACT = "FINETUNE_SERVE_CONTRACT"  # the contract itself, which wins over the file when set
 SERVE_COMMAND = ("python", "-m", "finetune_trainer", "serve")
 REQUEST_ID_HEADER = "x-request-id"
 Variant = Literal["stable", "candidate"]

@@ -13,17 +13,16 @@ sleep, back off, report repeated failures), each step observe -> reads -> Promet
 - A deployment lives on: its loop never ends by itself (a decision without a requeue sleeps `resync`),
   only when the object is deleted. Owner references let the garbage collector remove the children.
 
-The decision functions come from `finetune_operator.reconcile.rollout` (`reads`, `reconcile_deployment`),
-looked up on the first step unless injected.
+The decision functions are `finetune_operator.reconcile.rollout`'s (`reads`, `reconcile_deployment`) unless
+injected (tests).
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 from finetune_api.admission import ROLLOUT_POLICIES, ROLLOUT_POLICY_FILE
 from finetune_api.base import API_VERSION
@@ -59,6 +58,7 @@ from finetune_operator.observed_deployment import (
     ServerObservation,
 )
 from finetune_operator.prometheus.client import PrometheusClient
+from finetune_operator.reconcile import rollout
 from finetune_operator.reconcile import status as st
 from finetune_operator.settings import Settings
 
@@ -66,13 +66,6 @@ from finetune_operator.settings import Settings
 DEPLOYMENT_INDEXES = ("model_servers", "model_routes", "promoted_versions")
 ReadsFn = Callable[[DeploymentObserved], PrometheusReads]
 DecideFn = Callable[[DeploymentObserved, Settings], DeploymentDecision]
-ROLLOUT_MODULE = "finetune_operator.reconcile.rollout"
-
-
-def rollout_functions() -> tuple[ReadsFn, DecideFn]:
-    """`reads` and `reconcile_deployment` of the rollout reconcile."""
-    module = importlib.import_module(ROLLOUT_MODULE)
-    return cast(ReadsFn, module.reads), cast(DecideFn, module.reconcile_deployment)
 
 
 def observed_children(
@@ -196,8 +189,12 @@ async def act(
         )
     status = decision.status.dump()
     written = None
-    if status != deployment.status.dump():
-        await kube.patch_status(namespace, deployment.metadata.name, status, kind="ModelDeployment")
+    old = deployment.status.dump()
+    if status != old:
+        # a merge patch keeps what it does not name: a field the new status dropped (the candidate after a
+        # promotion) is removed explicitly
+        patch = {**status, **{key: None for key in old if key not in status}}
+        await kube.patch_status(namespace, deployment.metadata.name, patch, kind="ModelDeployment")
         metrics.record_deployment(namespace, deployment.status, decision.status)
         written = status
     return Written(written, decision.clear_action)
@@ -242,11 +239,8 @@ class DeploymentRuntime(Loops):
         metrics.deployment_loops.set_function(lambda: len(self.workers))
 
     def functions(self) -> tuple[ReadsFn, DecideFn]:
-        """The injected decision functions, else the rollout reconcile's (looked up on first use)."""
-        if self.reads_fn is None or self.reconcile_fn is None:
-            reads, decide = rollout_functions()
-            self.reads_fn, self.reconcile_fn = self.reads_fn or reads, self.reconcile_fn or decide
-        return self.reads_fn, self.reconcile_fn
+        """The injected decision functions, else the rollout reconcile's."""
+        return self.reads_fn or rollout.reads, self.reconcile_fn or rollout.reconcile_deployment
 
     async def step(self, worker: Worker, key: Key, logger: ObjectLog) -> tuple[float | None, Written]:
         reads, decide = self.functions()

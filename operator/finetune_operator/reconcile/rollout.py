@@ -1,0 +1,660 @@
+"""The rollout of a ModelDeployment, decided from (spec, status, what was observed, now). Pure.
+
+`reads(observed)` names the Prometheus queries the next decision needs; `reconcile_deployment` decides.
+The stages (docs/rollouts.md has the whole story):
+
+    Idle ──(a new version)──> Shadow ──(every check shown good)──> Canary 1..n ──> Promoting ──> Succeeded
+                                 │                                      │
+                                 └──(shown bad, too little evidence, ───┴──> RolledBack
+                                      not ready, abort)
+
+- The desired objects are a function of the status alone: the stable server (its version), the candidate's
+  while a rollout runs, and the route with `status.weights` and `status.mirrorPercent`. A restart that
+  reads the same status applies the same manifests, so server-side apply changes nothing.
+- Shadow mirrors only once the candidate's servers are ready (a mirror to nothing grades nothing); its
+  `maxDuration` counts from then. Promoting first sends every request to the candidate, then moves the
+  stable Deployment to the candidate's version (its pods restart behind no traffic), and once they are
+  ready sends everything back to stable and deletes the candidate.
+- Rollback sets weight 0 and no mirror in the same decision that records it; the candidate's objects are
+  deleted in that decision too (the caller applies before it deletes, so the route stops naming them first).
+- Manual actions: `pause` (a level: while the annotation says so) holds every advance — the next stage, the
+  next step, the start of a rollout — but not the protection: analyses keep running while paused and may
+  still roll back. `resume`, `abort`, `promote` are acted on once and the annotations removed. With the
+  admission policy missing, actions are ignored (they could carry any name).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from finetune_api.base import parse_duration
+from finetune_api.serving import DEFAULT_ANALYSIS, Variant
+from finetune_api.v1alpha1 import ModelDeployment
+from finetune_api.v1alpha1.finetunejob_status import RolloutLink
+from finetune_api.v1alpha1.modeldeployment import ROLLOUT_ACTIONS, AnalysisMetric, ServedModel
+from finetune_api.v1alpha1.modeldeployment_status import (
+    MAX_ANALYSES,
+    MAX_HISTORY,
+    AnalysisResult,
+    DeploymentConditionType,
+    DeploymentReason,
+    HistoryEntry,
+    ModelDeploymentStatus,
+    RolloutStage,
+    VersionRef,
+    Weights,
+)
+from finetune_operator.builders import serving
+from finetune_operator.observed import Event
+from finetune_operator.observed_deployment import DeploymentDecision, DeploymentObserved, PrometheusReads
+from finetune_operator.reconcile import status as st
+from finetune_operator.reconcile.rollout_evidence import (
+    analysis_queries,
+    judge_check,
+    judge_metric,
+    shadow_queries,
+)
+from finetune_operator.settings import Settings
+
+IDLE_LOOK_SECONDS = 60.0  # a version promoted without an event reaching us is still noticed
+WAIT_SECONDS = 2.0  # while servers start or the route changes
+SHADOW_LOOK_SECONDS = 5.0
+Reason = DeploymentReason
+Stage = RolloutStage
+
+
+def _short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12]
+
+
+def _served(version: VersionRef) -> ServedModel:
+    return ServedModel(uri=version.uri, digest=version.digest)
+
+
+class _Step:
+    """One decision in the making: the observation, the status being written and the decision."""
+
+    def __init__(self, observed: DeploymentObserved, settings: Settings) -> None:
+        self.observed = observed
+        self.settings = settings
+        self.mdep: ModelDeployment = observed.deployment
+        self.now: datetime = observed.now
+        self.status = self.mdep.status.model_copy(deep=True)
+        self.decision = DeploymentDecision(status=self.status)
+
+    # --- recording -------------------------------------------------------------------------------
+
+    def tell(self, reason: Reason, message: str, *, warning: bool = False, by: str | None = None) -> None:
+        digest = self.status.candidate.digest if self.status.candidate else None
+        self.decision.events.append(Event("Warning" if warning else "Normal", reason, message))
+        entry = HistoryEntry(time=self.now, reason=reason, message=message[:4000], digest=digest, by=by)
+        self.status.history = [*self.status.history, entry][-MAX_HISTORY:]
+
+    def condition(self, type_: DeploymentConditionType, value: bool, reason: Reason, message: str) -> None:
+        self.status.conditions = st.set_condition(
+            self.status.conditions,
+            type_,
+            "True" if value else "False",
+            reason,
+            message,
+            now=self.now,
+            generation=self.mdep.metadata.generation,
+        )
+
+    def stage(self, stage: Stage) -> None:
+        self.status.stage = stage
+        self.status.stage_started_at = self.now
+        self.status.step = None
+        self.status.step_started_at = None
+
+    def elapsed(self, since: datetime | None) -> float:
+        return (self.now - since).total_seconds() if since is not None else 0.0
+
+    # --- observations ----------------------------------------------------------------------------
+
+    def ready(self, variant: Variant, digest: str) -> bool:
+        server = self.observed.servers.get(variant)
+        return server is not None and server.digest == digest and server.ready
+
+
+def reads(observed: DeploymentObserved) -> PrometheusReads:
+    """The queries the next decision needs: the shadow counters while grading, and at each canary analysis
+    the analysis metrics too."""
+    mdep = observed.deployment
+    status = mdep.status
+    if observed.spec_error is not None or status.candidate is None or status.stable is None:
+        return PrometheusReads()
+    digest = status.candidate.digest
+    server = observed.servers.get("candidate")
+    ready = server is not None and server.digest == digest and server.ready
+    if status.stage == Stage.SHADOW and ready and status.step_started_at is not None:
+        return PrometheusReads(shadow=shadow_queries(mdep, digest))
+    if status.stage == Stage.CANARY and _analysis_due(mdep, observed.now):
+        metrics = _analysis_metrics(mdep)
+        return PrometheusReads(
+            shadow=shadow_queries(mdep, digest),
+            analysis=analysis_queries(mdep, metrics, status.stable.digest, digest),
+        )
+    return PrometheusReads()
+
+
+def _analysis_metrics(mdep: ModelDeployment) -> tuple[AnalysisMetric, ...]:
+    metrics = mdep.spec.rollout.canary.analysis.metrics
+    return DEFAULT_ANALYSIS if metrics is None else tuple(metrics)
+
+
+def _last_look(status: ModelDeploymentStatus) -> datetime | None:
+    """When the current step started or was last analysed, whichever is later."""
+    times = [t for t in (status.step_started_at, status.last_analysis_at) if t is not None]
+    return max(times) if times else None
+
+
+def _analysis_due(mdep: ModelDeployment, now: datetime) -> bool:
+    last = _last_look(mdep.status)
+    interval = parse_duration(mdep.spec.rollout.canary.analysis.interval)
+    return last is None or (now - last).total_seconds() >= interval
+
+
+def reconcile_deployment(observed: DeploymentObserved, settings: Settings) -> DeploymentDecision:
+    step = _Step(observed, settings)
+    if observed.spec_error is not None:
+        step.condition(DeploymentConditionType.READY, False, Reason.INVALID_SPEC, observed.spec_error)
+        step.decision.requeue_after = None
+        return step.decision
+    status = step.status
+    spec = step.mdep.spec
+    if status.stable is None:
+        status.stable = VersionRef(uri=spec.model.uri, digest=spec.model.digest, since=step.now)
+        status.spec_model_digest = spec.model.digest
+        step.tell(Reason.SERVING, f"serving {spec.model.uri} ({spec.model.digest})")
+    _act_on_action(step)
+    if Stage(status.stage).active:
+        _advance(step)
+    if not Stage(status.stage).active and not status.paused:
+        _start_next(step)
+    _desired(step)
+    _conditions(step)
+    _links(step)
+    step.decision.requeue_after = _requeue(step)
+    return step.decision
+
+
+# --- manual actions ------------------------------------------------------------------------------
+
+
+def _act_on_action(step: _Step) -> None:
+    observed, status = step.observed, step.status
+    action, by = observed.action, observed.action_by
+    paused = action == "pause" and observed.action_problem is None
+    if action is not None and observed.action_problem is not None:
+        step.condition(
+            DeploymentConditionType.PAUSED,
+            False,
+            Reason.ACTION_IGNORED,
+            f"{action} ignored: {observed.action_problem}",
+        )
+    if paused != status.paused:
+        status.paused = paused
+        if paused:
+            step.tell(Reason.PAUSED, "paused: no stage or step advances until resumed", by=by)
+        else:
+            step.tell(Reason.RESUMED, "resumed", by=by)
+    if action is None or observed.action_problem is not None or action == "pause":
+        return
+    step.decision.clear_action = True
+    active = Stage(status.stage).active
+    if action not in ROLLOUT_ACTIONS:
+        step.tell(
+            Reason.ACTION_IGNORED,
+            f"unknown action {action!r}: use one of {', '.join(ROLLOUT_ACTIONS)}",
+            warning=True,
+            by=by,
+        )
+    elif action == "resume":
+        if active and status.stage == Stage.CANARY and _current_step_is_pause(step):
+            step.tell(Reason.RESUMED, f"resumed at pause step {status.step}", by=by)
+            _enter_step(step, (status.step or 0) + 1)
+        elif not active or not status.paused:
+            step.tell(Reason.ACTION_IGNORED, "resume: nothing is paused", by=by)
+    elif not active or status.stage == Stage.PROMOTING:
+        step.tell(
+            Reason.ACTION_IGNORED, f"{action}: no rollout to {action} now (stage {status.stage})", by=by
+        )
+    elif action == "abort":
+        _roll_back(step, Reason.ABORTED, f"aborted by {by}", by=by)
+    else:  # promote
+        step.tell(Reason.PROMOTED_BY_USER, f"promoted by {by}: remaining checks and steps skipped", by=by)
+        _enter_promoting(step)
+
+
+def _current_step_is_pause(step: _Step) -> bool:
+    steps = step.mdep.spec.rollout.canary.steps
+    index = (step.status.step or 0) - 1
+    return 0 <= index < len(steps) and steps[index].pause
+
+
+# --- starting a rollout --------------------------------------------------------------------------
+
+
+def _start_next(step: _Step) -> None:
+    """Pick the next version to roll out, if any, and start its rollout."""
+    status, spec = step.status, step.mdep.spec
+    assert status.stable is not None
+    version: VersionRef | None = None
+    if spec.model.digest not in (status.spec_model_digest, status.stable.digest):
+        version = VersionRef(uri=spec.model.uri, digest=spec.model.digest, since=step.now)
+        status.spec_model_digest = spec.model.digest
+    else:
+        failed = {h.digest for h in status.history if h.reason in _STOPPED and h.digest}
+        for candidate in reversed(step.observed.versions):  # newest first
+            done = (
+                candidate.link is not None
+                and candidate.link.digest == candidate.digest
+                and (candidate.link.stage in (Stage.ROLLED_BACK, Stage.SUCCEEDED))
+            )
+            if candidate.digest == status.stable.digest or candidate.digest in failed or done:
+                continue
+            version = VersionRef(
+                uri=candidate.uri, digest=candidate.digest, job=candidate.job, since=step.now
+            )
+            break
+    if version is None:
+        return
+    status.candidate = version
+    status.failed_analyses = 0
+    status.inconclusive_in_a_row = 0
+    status.shadow = []
+    source = f"FineTuneJob {version.job}" if version.job else "spec.model"
+    if step.mdep.spec.rollout.shadow is not None:
+        step.stage(Stage.SHADOW)
+        step.tell(Reason.CANDIDATE_FOUND, f"rolling out {version.digest} from {source}: shadow first")
+    else:
+        step.tell(Reason.CANDIDATE_FOUND, f"rolling out {version.digest} from {source}: canary (no shadow)")
+        step.stage(Stage.CANARY)
+        _enter_step(step, 1)
+
+
+_STOPPED = {
+    Reason.CANDIDATE_NOT_READY,
+    Reason.SHADOW_FAILED,
+    Reason.SHADOW_INCONCLUSIVE,
+    Reason.ANALYSIS_FAILED,
+    Reason.ABORTED,
+}
+
+
+# --- advancing a rollout -------------------------------------------------------------------------
+
+
+def _advance(step: _Step) -> None:
+    status = step.status
+    assert status.candidate is not None
+    if status.stage == Stage.PROMOTING:
+        _promote(step)
+        return
+    ready = step.ready("candidate", status.candidate.digest)
+    if not ready and status.stage == Stage.SHADOW and status.step_started_at is None:
+        timeout = parse_duration(step.mdep.spec.rollout.candidate_ready_timeout)
+        if step.elapsed(status.stage_started_at) > timeout:
+            _roll_back(
+                step,
+                Reason.CANDIDATE_NOT_READY,
+                f"the candidate's servers were not ready within {timeout}s",
+            )
+        return
+    if status.stage == Stage.SHADOW:
+        _shadow(step)
+    elif status.stage == Stage.CANARY:
+        _canary(step)
+
+
+def _shadow(step: _Step) -> None:
+    status, policy = step.status, step.mdep.spec.rollout.shadow
+    assert policy is not None
+    if status.step_started_at is None:  # the candidate just turned ready: grading starts now
+        status.step_started_at = step.now
+        status.mirror_percent = policy.mirror_percent
+        step.tell(
+            Reason.SHADOW_GRADING, f"candidate ready; mirroring {policy.mirror_percent}% of requests to it"
+        )
+        return
+    if step.observed.shadow is None:  # Prometheus did not answer: wait, but not past the deadline
+        if step.elapsed(status.step_started_at) > parse_duration(policy.max_duration):
+            _roll_back(
+                step,
+                Reason.SHADOW_INCONCLUSIVE,
+                f"no evidence within {policy.max_duration}: {step.observed.prometheus_error}",
+            )
+        return
+    results = [
+        judge_check(check, step.observed.shadow.get(check.metric), policy.confidence, policy.min_samples)
+        for check in policy.checks
+    ]
+    status.shadow = results
+    failed = [r for r in results if r.passed is False]
+    if failed:
+        _roll_back(
+            step, Reason.SHADOW_FAILED, "shadow check failed: " + "; ".join(r.message or "" for r in failed)
+        )
+    elif all(r.passed for r in results):
+        if status.paused:
+            return
+        step.tell(
+            Reason.SHADOW_PASSED, "shadow checks passed: " + "; ".join(r.message or "" for r in results)
+        )
+        step.stage(Stage.CANARY)
+        _enter_step(step, 1)
+    elif step.elapsed(status.step_started_at) > parse_duration(policy.max_duration):
+        samples = min((r.samples for r in results), default=0)
+        _roll_back(
+            step,
+            Reason.SHADOW_INCONCLUSIVE,
+            f"too little evidence within {policy.max_duration}: {samples} graded samples, "
+            f"{policy.min_samples} needed and every check shown to meet its threshold",
+        )
+
+
+def _enter_step(step: _Step, number: int) -> None:
+    """Canary step `number` (1-based), or Promoting after the last."""
+    status = step.status
+    steps = step.mdep.spec.rollout.canary.steps
+    if number > len(steps):
+        _enter_promoting(step)
+        return
+    status.step, status.steps, status.step_started_at = number, len(steps), step.now
+    wanted = steps[number - 1]
+    if wanted.weight is not None:
+        status.weights = Weights(stable=100 - wanted.weight, candidate=wanted.weight)
+    shadow = step.mdep.spec.rollout.shadow
+    status.mirror_percent = shadow.mirror_percent if shadow is not None else 0
+    what = "pause until resumed" if wanted.pause else f"weight {wanted.weight}% for {wanted.duration}"
+    step.tell(Reason.CANARY_STEP, f"canary step {number} of {len(steps)}: {what}")
+
+
+def _canary(step: _Step) -> None:
+    status = step.status
+    analysis = step.mdep.spec.rollout.canary.analysis
+    if step.observed.analysis is not None or step.observed.shadow is not None:
+        _record_analysis(step)
+        if not Stage(status.stage).active:
+            return
+    elif step.observed.prometheus_error is not None and _analysis_due(step.mdep, step.now):
+        limit = parse_duration(analysis.interval) * analysis.inconclusive_limit
+        last = status.last_analysis_at or status.step_started_at
+        if step.elapsed(last) >= limit:  # Prometheus has been failing for too long: count it
+            status.last_analysis_at = step.now
+            _inconclusive(step, f"Prometheus unanswered: {step.observed.prometheus_error}")
+            if not Stage(status.stage).active:
+                return
+    if status.paused:
+        return
+    steps = step.mdep.spec.rollout.canary.steps
+    current = steps[(status.step or 1) - 1]
+    if current.pause or current.duration is None:
+        return  # waits for a resume or promote action
+    if step.elapsed(status.step_started_at) >= parse_duration(current.duration) and _last_analysis_passed(
+        step
+    ):
+        _enter_step(step, (status.step or 0) + 1)
+
+
+def _record_analysis(step: _Step) -> None:
+    status, observed = step.status, step.observed
+    metrics = _analysis_metrics(step.mdep)
+    entries: list[AnalysisResult] = []
+    for metric in metrics:
+        passed, message = judge_metric(metric, (observed.analysis or {}).get(metric.name))
+        result = (observed.analysis or {}).get(metric.name)
+        entries.append(
+            AnalysisResult(
+                time=step.now,
+                step=status.step or 1,
+                metric=metric.name,
+                value=result.value if result is not None else None,
+                min=metric.threshold_range.min,
+                max=metric.threshold_range.max,
+                passed=passed,
+                message=message,
+            )
+        )
+    policy = step.mdep.spec.rollout.shadow
+    if policy is not None and observed.shadow is not None:
+        for check in policy.checks:
+            verdict = judge_check(
+                check, observed.shadow.get(check.metric), policy.confidence, policy.min_samples
+            )
+            entries.append(
+                AnalysisResult(
+                    time=step.now,
+                    step=status.step or 1,
+                    metric=f"shadow/{check.metric}",
+                    value=verdict.value,
+                    min=check.threshold.min,
+                    max=check.threshold.max,
+                    passed=verdict.passed is not False,  # still counting; shown worse fails it
+                    message=verdict.message,
+                )
+            )
+    status.analyses = [*status.analyses, *entries][-MAX_ANALYSES:]
+    status.last_analysis_at = step.now
+    failed = [e for e in entries if e.passed is False]
+    if failed:
+        status.failed_analyses += 1
+        status.inconclusive_in_a_row = 0
+        _check_failures(step, "; ".join(e.message or e.metric for e in failed))
+    elif any(e.passed is None for e in entries):
+        _inconclusive(step, "; ".join(e.message or e.metric for e in entries if e.passed is None))
+    else:
+        status.inconclusive_in_a_row = 0
+
+
+def _inconclusive(step: _Step, message: str) -> None:
+    status = step.status
+    analysis = step.mdep.spec.rollout.canary.analysis
+    status.inconclusive_in_a_row += 1
+    if status.inconclusive_in_a_row >= analysis.inconclusive_limit:
+        status.inconclusive_in_a_row = 0
+        status.failed_analyses += 1
+        _check_failures(step, f"{analysis.inconclusive_limit} inconclusive analyses in a row: {message}")
+
+
+def _check_failures(step: _Step, message: str) -> None:
+    status = step.status
+    limit = step.mdep.spec.rollout.canary.analysis.failure_limit
+    if status.failed_analyses > limit:
+        _roll_back(
+            step,
+            Reason.ANALYSIS_FAILED,
+            f"analysis failed at canary step {status.step} ({status.failed_analyses} failed, "
+            f"limit {limit}): {message}",
+        )
+
+
+def _last_analysis_passed(step: _Step) -> bool:
+    status = step.status
+    last, started = status.last_analysis_at, status.step_started_at
+    if last is None or started is None or last < started:
+        return False
+    latest = [a for a in status.analyses if a.time == last]
+    return bool(latest) and all(a.passed for a in latest)
+
+
+# --- promoting and rolling back ------------------------------------------------------------------
+
+
+def _enter_promoting(step: _Step) -> None:
+    status = step.status
+    step.stage(Stage.PROMOTING)
+    status.weights = Weights(stable=0, candidate=100)
+    status.mirror_percent = 0
+    step.tell(
+        Reason.PROMOTING, "promoting: the candidate serves every request while stable takes its version"
+    )
+
+
+def _promote(step: _Step) -> None:
+    """Promoting, in three moves: all traffic to the candidate (entered with it), then the stable Deployment
+    on the candidate's version once the route carries that, then all traffic back to stable."""
+    status, observed = step.status, step.observed
+    assert status.candidate is not None
+    route = observed.route
+    if status.step != 1:  # step 1 marks the stable Deployment moved to the candidate's version
+        carried = route is not None and route.accepted and route.observed_generation >= route.generation
+        if carried and step.elapsed(status.stage_started_at) >= WAIT_SECONDS:
+            status.step = 1
+        return
+    if not step.ready("stable", status.candidate.digest):
+        return
+    promoted = status.candidate.model_copy(update={"since": step.now})
+    status.stable = promoted
+    status.weights = Weights()
+    status.mirror_percent = 0
+    step.tell(Reason.PROMOTED, f"promoted {promoted.digest}: stable serves it to every request")
+    step.stage(Stage.SUCCEEDED)
+    step.decision.delete.extend(serving.server_objects(step.mdep, "candidate"))
+    step.condition(DeploymentConditionType.ROLLED_BACK, False, Reason.PROMOTED, f"promoted {promoted.digest}")
+
+
+def _roll_back(step: _Step, reason: Reason, message: str, *, by: str | None = None) -> None:
+    status = step.status
+    status.weights = Weights()
+    status.mirror_percent = 0
+    step.tell(reason, f"rolled back: {message}", warning=True, by=by)
+    step.stage(Stage.ROLLED_BACK)
+    step.decision.delete.extend(serving.server_objects(step.mdep, "candidate"))
+    step.condition(DeploymentConditionType.ROLLED_BACK, True, reason, message)
+
+
+# --- what the status asks for --------------------------------------------------------------------
+
+
+def _desired(step: _Step) -> None:
+    status, mdep, settings = step.status, step.mdep, step.settings
+    assert status.stable is not None
+    stable_version = status.stable
+    promoting_switched = status.stage == Stage.PROMOTING and status.step == 1
+    if promoting_switched and status.candidate is not None:
+        stable_version = status.candidate
+    apply = step.decision.apply
+    apply.extend(serving.server(mdep, "stable", _served(stable_version), settings))
+    active = Stage(status.stage).active and status.candidate is not None
+    if active:
+        assert status.candidate is not None
+        apply.extend(serving.server(mdep, "candidate", _served(status.candidate), settings))
+    apply.append(
+        serving.http_route(
+            mdep,
+            status.weights.candidate if active else 0,
+            status.mirror_percent if active else 0,
+            candidate=active,
+        )
+    )
+
+
+def _conditions(step: _Step) -> None:
+    status, observed = step.status, step.observed
+    assert status.stable is not None
+    route = observed.route
+    stable_ready = any(
+        step.ready("stable", digest)
+        for digest in {status.stable.digest, status.candidate.digest if status.candidate else ""}
+    )
+    if not stable_ready:
+        step.condition(
+            DeploymentConditionType.READY, False, Reason.STABLE_NOT_READY, "the stable servers are not ready"
+        )
+    elif route is None or not route.accepted:
+        message = (
+            route.message if route is not None and route.message else "no Gateway has accepted the route yet"
+        )
+        step.condition(DeploymentConditionType.READY, False, Reason.ROUTE_NOT_ACCEPTED, message)
+    else:
+        step.condition(DeploymentConditionType.READY, True, Reason.SERVING, f"serving {status.stable.digest}")
+    active = Stage(status.stage).active
+    if active:
+        step.condition(DeploymentConditionType.PROGRESSING, True, _progress_reason(status), _summary(step))
+    else:
+        done = Reason.PROMOTED if status.stage == Stage.SUCCEEDED else Reason.SERVING
+        rolled_back = st.condition(status.conditions, DeploymentConditionType.ROLLED_BACK)
+        if status.stage == Stage.ROLLED_BACK and rolled_back is not None:
+            done = Reason(rolled_back.reason)
+        step.condition(DeploymentConditionType.PROGRESSING, False, done, _summary(step))
+    if observed.action_problem is None or observed.action is None:
+        step.condition(
+            DeploymentConditionType.PAUSED,
+            status.paused,
+            Reason.PAUSED if status.paused else Reason.RESUMED,
+            "a pause action holds the rollout" if status.paused else "not paused",
+        )
+    status.summary = _summary(step)
+    status.observed_generation = step.mdep.metadata.generation
+
+
+def _progress_reason(status: ModelDeploymentStatus) -> Reason:
+    if status.stage == Stage.SHADOW:
+        return Reason.SHADOW_GRADING if status.step_started_at else Reason.CANDIDATE_STARTING
+    if status.stage == Stage.CANARY:
+        return Reason.CANARY_STEP
+    return Reason.PROMOTING
+
+
+def _summary(step: _Step) -> str:
+    status = step.status
+    if status.stage == Stage.SHADOW:
+        if status.step_started_at is None:
+            return "Shadow: candidate starting"
+        policy = step.mdep.spec.rollout.shadow
+        samples = min((r.samples for r in status.shadow), default=0)
+        return f"Shadow: {samples}/{policy.min_samples if policy else 0} graded"
+    if status.stage == Stage.CANARY:
+        return f"Canary step {status.step} of {status.steps} ({status.weights.candidate}%)" + (
+            ", paused" if status.paused else ""
+        )
+    if status.stage == Stage.PROMOTING:
+        return "Promoting"
+    stable = status.stable.digest if status.stable else ""
+    prefix = {Stage.SUCCEEDED: "Promoted", Stage.ROLLED_BACK: "Rolled back"}.get(
+        Stage(status.stage), "Serving"
+    )
+    if status.stage == Stage.ROLLED_BACK and status.candidate is not None:
+        return f"Rolled back {_short(status.candidate.digest)}; serving {_short(stable)}"
+    return f"{prefix}: serving {_short(stable)}"
+
+
+def _links(step: _Step) -> None:
+    """The rollout stage of the versions' FineTuneJobs, written when it changes."""
+    status = step.status
+    for version in step.observed.versions:
+        if status.candidate is not None and version.digest == status.candidate.digest:
+            stage = str(status.stage)
+        elif status.stable is not None and version.digest == status.stable.digest:
+            stage = str(Stage.SUCCEEDED) if status.stable.job == version.job else "Serving"
+        else:
+            continue
+        link = version.link
+        if (
+            link is not None
+            and link.deployment == step.mdep.metadata.name
+            and link.digest == version.digest
+            and link.stage == stage
+        ):
+            continue
+        step.decision.job_links[version.job] = RolloutLink(
+            deployment=step.mdep.metadata.name, digest=version.digest, stage=stage, updated_at=step.now
+        )
+
+
+def _requeue(step: _Step) -> float:
+    status = step.status
+    if status.stage == Stage.SHADOW:
+        return WAIT_SECONDS if status.step_started_at is None else SHADOW_LOOK_SECONDS
+    if status.stage == Stage.PROMOTING:
+        return WAIT_SECONDS
+    if status.stage == Stage.CANARY:
+        analysis = step.mdep.spec.rollout.canary.analysis
+        interval = parse_duration(analysis.interval)
+        last = _last_look(status) or step.now
+        due = last + timedelta(seconds=interval)
+        return max(0.5, min(float(interval), (due - step.now).total_seconds() + 0.05))
+    ready = step.ready("stable", status.stable.digest if status.stable else "")
+    return IDLE_LOOK_SECONDS if ready else WAIT_SECONDS
