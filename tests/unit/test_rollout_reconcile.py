@@ -147,16 +147,20 @@ def passing_analysis() -> dict[str, QueryResult]:
 def test_a_new_version_shadows_at_weight_zero_then_mirrors_once_its_servers_are_ready() -> None:
     driver = Driver(mdep())
     first = driver.step()
-    assert driver.status.stage == "Shadow" and driver.status.candidate.digest == NEW
+    assert driver.status.stage == "Shadow"
+    assert driver.status.candidate.digest == NEW
     assert driver.status.candidate.job == "tune-1"
-    assert weights(first) == {"stable": 100, "candidate": 0} and mirror(first) == 0
+    assert weights(first) == {"stable": 100, "candidate": 0}
+    assert mirror(first) == 0
     kinds = sorted((m["kind"], m["metadata"]["name"]) for m in first.apply)
-    assert ("Deployment", "chat-candidate") in kinds and ("Deployment", "chat-stable") in kinds
+    assert ("Deployment", "chat-candidate") in kinds
+    assert ("Deployment", "chat-stable") in kinds
     assert first.job_links["tune-1"].stage == "Shadow"
     assert not driver.reads  # nothing to grade before the candidate answers
     driver.servers["candidate"] = server("candidate", NEW)
     second = driver.step(3)
-    assert mirror(second) == 100 and weights(second)["candidate"] == 0
+    assert mirror(second) == 100
+    assert weights(second)["candidate"] == 0
     assert set(driver.reads.shadow) == {"win_rate"}
     assert 'digest="' + NEW + '"' in driver.reads.shadow["win_rate"][0]
 
@@ -180,12 +184,15 @@ def test_shadow_decides_on_the_bound_of_the_graded_score(
     decision = driver.step(5, shadow=shadow_sums(scores))
     assert driver.status.stage == stage
     if stage == "RolledBack":
-        assert weights(decision) == {"stable": 100} and mirror(decision) == 0
+        assert weights(decision) == {"stable": 100}
+        assert mirror(decision) == 0
         assert ("Deployment", "chat-candidate") in decision.delete
-        assert driver.status.history[-1].reason == reason and driver.status.history[-1].digest == NEW
+        assert driver.status.history[-1].reason == reason
+        assert driver.status.history[-1].digest == NEW
         assert decision.job_links["tune-1"].stage == "RolledBack"
     if stage == "Canary":
-        assert weights(decision) == {"stable": 80, "candidate": 20} and mirror(decision) == 100
+        assert weights(decision) == {"stable": 80, "candidate": 20}
+        assert mirror(decision) == 100
 
 
 def test_shadow_without_enough_evidence_rolls_back_at_its_max_duration() -> None:
@@ -194,7 +201,8 @@ def test_shadow_without_enough_evidence_rolls_back_at_its_max_duration() -> None
     driver.servers["candidate"] = server("candidate", NEW)
     driver.step(1)
     driver.step(60, shadow=shadow_sums([0.5] * 5))
-    assert driver.status.stage == "Shadow" and driver.status.summary == "Shadow: 5/20 graded"
+    assert driver.status.stage == "Shadow"
+    assert driver.status.summary == "Shadow: 5/20 graded"
     driver.step(600, shadow=shadow_sums([0.5] * 8))
     assert driver.status.stage == "RolledBack"
     assert driver.status.history[-1].reason == "ShadowInconclusive"
@@ -208,13 +216,15 @@ def test_a_candidate_that_never_gets_ready_rolls_back() -> None:
     driver.step(60)
     assert driver.status.stage == "Shadow"
     driver.step(15 * 60)
-    assert driver.status.stage == "RolledBack" and driver.status.history[-1].reason == "CandidateNotReady"
+    assert driver.status.stage == "RolledBack"
+    assert driver.status.history[-1].reason == "CandidateNotReady"
 
 
 def test_canary_steps_up_after_each_duration_with_a_passing_analysis_then_promotes() -> None:
     driver = Driver(mdep())
     to_canary(driver)
-    assert driver.status.step == 1 and driver.status.weights.candidate == 20
+    assert driver.status.step == 1
+    assert driver.status.weights.candidate == 20
     driver.step(5)
     assert not driver.reads  # next analysis due 10 s after the step started
     driver.step(5)
@@ -228,11 +238,13 @@ def test_canary_steps_up_after_each_duration_with_a_passing_analysis_then_promot
     ]
     for _ in range(2):
         decision = driver.step(10, analysis=passing_analysis(), shadow=shadow_sums([0.5] * 40))
-    assert driver.status.step == 2 and weights(decision) == {"stable": 40, "candidate": 60}
+    assert driver.status.step == 2
+    assert weights(decision) == {"stable": 40, "candidate": 60}
     for _ in range(3):
         decision = driver.step(10, analysis=passing_analysis(), shadow=shadow_sums([0.5] * 40))
     assert driver.status.stage == "Promoting"
-    assert weights(decision) == {"stable": 0, "candidate": 100} and mirror(decision) == 0
+    assert weights(decision) == {"stable": 0, "candidate": 100}
+    assert mirror(decision) == 0
     stable = next(
         m for m in decision.apply if m["kind"] == "Deployment" and m["metadata"]["name"] == "chat-stable"
     )
@@ -245,8 +257,10 @@ def test_canary_steps_up_after_each_duration_with_a_passing_analysis_then_promot
     assert weights(decision) == {"stable": 0, "candidate": 100}
     driver.servers["stable"] = server("stable", NEW)
     decision = driver.step(3)
-    assert driver.status.stage == "Succeeded" and driver.status.stable.digest == NEW
-    assert weights(decision) == {"stable": 100} and mirror(decision) == 0
+    assert driver.status.stage == "Succeeded"
+    assert driver.status.stable.digest == NEW
+    assert weights(decision) == {"stable": 100}
+    assert mirror(decision) == 0
     assert set(decision.delete) == {
         ("Deployment", "chat-candidate"),
         ("Service", "chat-candidate"),
@@ -262,9 +276,11 @@ def test_a_failed_analysis_rolls_back_in_the_same_decision() -> None:
         10, analysis={"error-rate": QueryResult(0.3), "latency-p95-vs-stable": QueryResult(1.0)}
     )
     assert driver.status.stage == "RolledBack"
-    assert weights(decision) == {"stable": 100} and mirror(decision) == 0
+    assert weights(decision) == {"stable": 100}
+    assert mirror(decision) == 0
     assert "error-rate = 0.3, outside the range (at most 0.01)" in driver.status.history[-1].message
-    assert decision.events[-1].type == "Warning" and decision.events[-1].reason == "AnalysisFailed"
+    assert decision.events[-1].type == "Warning"
+    assert decision.events[-1].reason == "AnalysisFailed"
 
 
 def test_failure_limit_tolerates_that_many_failed_analyses() -> None:
@@ -279,7 +295,8 @@ def test_failure_limit_tolerates_that_many_failed_analyses() -> None:
     to_canary(driver)
     bad = {"error-rate": QueryResult(0.3), "latency-p95-vs-stable": QueryResult(1.0)}
     driver.step(10, analysis=bad)
-    assert driver.status.stage == "Canary" and driver.status.failed_analyses == 1
+    assert driver.status.stage == "Canary"
+    assert driver.status.failed_analyses == 1
     driver.step(10, analysis=bad)
     assert driver.status.stage == "RolledBack"
 
@@ -290,9 +307,11 @@ def test_no_data_is_never_a_pass_and_counts_as_a_failure_after_the_inconclusive_
     empty = {"error-rate": QueryResult(None), "latency-p95-vs-stable": QueryResult(None)}
     for _ in range(2):
         driver.step(10, analysis=empty)
-        assert driver.status.stage == "Canary" and driver.status.step == 1
+        assert driver.status.stage == "Canary"
+        assert driver.status.step == 1
     driver.step(10, analysis=empty)
-    assert driver.status.stage == "RolledBack" and driver.status.history[-1].reason == "AnalysisFailed"
+    assert driver.status.stage == "RolledBack"
+    assert driver.status.history[-1].reason == "AnalysisFailed"
 
 
 def test_a_live_score_shown_worse_during_the_canary_rolls_back() -> None:
@@ -306,7 +325,8 @@ def test_a_live_score_shown_worse_during_the_canary_rolls_back() -> None:
 def test_without_shadow_the_canary_starts_at_once() -> None:
     driver = Driver(mdep(shadow=False))
     decision = driver.step()
-    assert driver.status.stage == "Canary" and weights(decision) == {"stable": 80, "candidate": 20}
+    assert driver.status.stage == "Canary"
+    assert weights(decision) == {"stable": 80, "candidate": 20}
     assert mirror(decision) == 0
 
 
@@ -315,7 +335,8 @@ def test_restart_mid_canary_reapplies_identical_manifests() -> None:
     to_canary(driver)
     first = driver.step(2)
     again = driver.step(0)
-    assert first.apply == again.apply and driver.status.step == 1
+    assert first.apply == again.apply
+    assert driver.status.step == 1
 
 
 @pytest.mark.parametrize("action", ["abort", "promote", "resume", "dance"])
@@ -328,7 +349,8 @@ def test_manual_actions_are_acted_on_once_and_recorded_with_the_user(action: str
     expected = {"abort": "RolledBack", "promote": "Promoting", "resume": "Canary", "dance": "Canary"}[action]
     assert driver.status.stage == expected
     if action == "abort":
-        assert entry.reason == "Aborted" and weights(decision) == {"stable": 100}
+        assert entry.reason == "Aborted"
+        assert weights(decision) == {"stable": 100}
     if action == "promote":
         assert entry.reason == "PromotedByUser"
     if action in ("dance", "resume"):  # unknown; nothing paused
@@ -340,7 +362,9 @@ def test_pause_holds_every_advance_but_not_the_rollback() -> None:
     to_canary(driver)
     for _ in range(4):
         decision = driver.step(10, action="pause", action_by="bob", analysis=passing_analysis())
-    assert driver.status.paused and driver.status.step == 1 and not decision.clear_action
+    assert driver.status.paused
+    assert driver.status.step == 1
+    assert not decision.clear_action
     assert any(h.reason == "Paused" and h.by == "bob" for h in driver.status.history)
     bad = {"error-rate": QueryResult(0.5), "latency-p95-vs-stable": QueryResult(1.0)}
     driver.step(10, action="pause", action_by="bob", analysis=bad)
@@ -351,9 +375,11 @@ def test_actions_are_ignored_while_the_admission_policy_is_missing() -> None:
     driver = Driver(mdep())
     to_canary(driver)
     decision = driver.step(1, action="abort", action_by="mallory", action_problem="policy not installed")
-    assert driver.status.stage == "Canary" and not decision.clear_action
+    assert driver.status.stage == "Canary"
+    assert not decision.clear_action
     paused = next(c for c in driver.status.conditions if c.type == "Paused")
-    assert paused.reason == "ActionIgnored" and "policy not installed" in paused.message
+    assert paused.reason == "ActionIgnored"
+    assert "policy not installed" in paused.message
 
 
 def test_pause_step_waits_for_resume() -> None:
@@ -371,12 +397,14 @@ def test_pause_step_waits_for_resume() -> None:
     )
     to_canary(driver)
     driver.step(10, analysis=passing_analysis(), shadow=shadow_sums([0.5] * 40))
-    assert driver.status.step == 2 and driver.status.weights.candidate == 20
+    assert driver.status.step == 2
+    assert driver.status.weights.candidate == 20
     for _ in range(3):
         driver.step(10, analysis=passing_analysis(), shadow=shadow_sums([0.5] * 40))
     assert driver.status.step == 2
     driver.step(1, action="resume", action_by="carol")
-    assert driver.status.step == 3 and driver.status.weights.candidate == 50
+    assert driver.status.step == 3
+    assert driver.status.weights.candidate == 50
 
 
 def test_a_rolled_back_version_is_never_retried_and_a_newer_one_goes_next() -> None:
@@ -392,18 +420,21 @@ def test_a_rolled_back_version_is_never_retried_and_a_newer_one_goes_next() -> N
     rolled = replace(JOB, link=RolloutLink(deployment="chat", digest=NEW, stage="RolledBack"))
     driver.versions = (rolled, newer)
     driver.step(60)
-    assert driver.status.stage == "Shadow" and driver.status.candidate.digest == NEWER
+    assert driver.status.stage == "Shadow"
+    assert driver.status.candidate.digest == NEWER
 
 
 def test_a_new_spec_model_rolls_out_like_a_promoted_version() -> None:
     driver = Driver(mdep(), versions=())
     driver.step()
-    assert driver.status.stage == "Idle" and driver.status.stable.digest == STABLE
+    assert driver.status.stage == "Idle"
+    assert driver.status.stable.digest == STABLE
     changed = mdep()
     changed.spec.model.digest = NEWER
     driver.deployment = driver.deployment.model_copy(update={"spec": changed.spec})
     driver.step(1)
-    assert driver.status.stage == "Shadow" and driver.status.candidate.digest == NEWER
+    assert driver.status.stage == "Shadow"
+    assert driver.status.candidate.digest == NEWER
     assert driver.status.candidate.job is None
 
 
