@@ -105,8 +105,9 @@ _STABLE = 'namespace="{{ namespace }}",modeldeployment="{{ modeldeployment }}",v
 DEFAULT_ANALYSIS: tuple[AnalysisMetric, ...] = (
     AnalysisMetric(
         name="error-rate",
+        # `or vector(0)`: no 5xx series at all is a rate of 0, not "no data"
         query=(
-            f'sum(rate({REQUESTS}{{{_CANDIDATE},code=~"5.."}}[{{{{ interval }}}}])) / '
+            f'(sum(rate({REQUESTS}{{{_CANDIDATE},code=~"5.."}}[{{{{ interval }}}}])) or vector(0)) / '
             f"sum(rate({REQUESTS}{{{_CANDIDATE}}}[{{{{ interval }}}}]))"
         ),
         threshold_range=ThresholdRange(max=0.01),

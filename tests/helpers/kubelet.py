@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +112,27 @@ def _content(endpoint_slice: dict[str, Any]) -> tuple[object, object]:
         for e in endpoint_slice.get("endpoints") or []
     ]
     return ports, endpoints
+
+
+def _empty_dirs(template: dict[str, Any], container: dict[str, Any], workdir: Path) -> Callable[[str], str]:
+    """emptyDir volumes become folders of the pod; a path under a mount point in env or args is mapped into
+    them (as `podrun` does for Jobs). Any other kind of volume is refused."""
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})
+        if "emptyDir" not in volume:
+            raise KubeletError(f"volume {mount['name']}: only emptyDir volumes are supported")
+        mounts[mount["mountPath"]] = workdir / "volumes" / mount["name"]
+        mounts[mount["mountPath"]].mkdir(parents=True, exist_ok=True)
+
+    def local(value: str) -> str:
+        for path in sorted(mounts, key=len, reverse=True):
+            if value == path or value.startswith(path + "/"):
+                return str(mounts[path]) + value[len(path) :]
+        return value
+
+    return local
 
 
 def template_hash(template: dict[str, Any]) -> str:
@@ -299,16 +321,17 @@ class Kubelet:
         pod_name = f"{deployment}-{hash_}-{uuid.uuid4().hex[:5]}"
         address = POOL.take()
         try:
-            env = self._env(container, pod_name, address)
+            workdir = self.workdir / pod_name
+            workdir.mkdir(parents=True)
+            local = _empty_dirs(template, container, workdir)
+            env = {key: local(value) for key, value in self._env(container, pod_name, address).items()}
             if not container.get("command"):
                 raise KubeletError(
                     f"container {container['name']}: no command (there is no image entrypoint)"
                 )
-            argv = [expand(arg, env) for arg in container["command"] + container.get("args", [])]
+            argv = [local(expand(arg, env)) for arg in container["command"] + container.get("args", [])]
             if argv[0] in {"python", "python3"}:
                 argv[0] = sys.executable
-            workdir = self.workdir / pod_name
-            workdir.mkdir(parents=True)
             process = spawn(pod_name, argv, workdir, env)
         except BaseException:
             POOL.give_back(address)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from finetune_api.v1alpha1 import Reason
+from finetune_api.v1alpha1.modeldeployment_status import DeploymentReason
 from helpers.support import ROOT
 
 # Where conditions and Events are written (the API's own CEL rules use the API server's reasons instead).
@@ -27,3 +28,12 @@ def test_every_reason_is_used_and_no_reason_is_spelled_out() -> None:
     assert spelled == []
     assert used - set(Reason.__members__) == set()
     assert set(Reason.__members__) - used == set()
+
+
+def test_every_deployment_reason_is_used() -> None:
+    """The same for ModelDeployments: every `DeploymentReason` is set somewhere, none is undefined."""
+    used: set[str] = set()
+    for path in SOURCES:
+        used |= set(re.findall(r"\bDeploymentReason\.([A-Z_]+)\b", path.read_text()))
+    assert used - set(DeploymentReason.__members__) == set()
+    assert set(DeploymentReason.__members__) - used == set()

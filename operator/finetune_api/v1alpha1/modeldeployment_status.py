@@ -48,8 +48,6 @@ class DeploymentReason(StrEnum):
     SHADOW_GRADING = "ShadowGrading"
     SHADOW_PASSED = "ShadowPassed"
     CANARY_STEP = "CanaryStep"
-    ANALYSIS_PASSED = "AnalysisPassed"
-    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
     PROMOTING = "Promoting"
     PROMOTED = "Promoted"
     # why a rollout stopped

@@ -59,7 +59,6 @@ from finetune_operator.settings import Settings
 IDLE_LOOK_SECONDS = 60.0  # a version promoted without an event reaching us is still noticed
 WAIT_SECONDS = 2.0  # while servers start or the route changes
 SHADOW_LOOK_SECONDS = 5.0
-Reason = DeploymentReason
 Stage = RolloutStage
 
 
@@ -84,13 +83,17 @@ class _Step:
 
     # --- recording -------------------------------------------------------------------------------
 
-    def tell(self, reason: Reason, message: str, *, warning: bool = False, by: str | None = None) -> None:
+    def tell(
+        self, reason: DeploymentReason, message: str, *, warning: bool = False, by: str | None = None
+    ) -> None:
         digest = self.status.candidate.digest if self.status.candidate else None
         self.decision.events.append(Event("Warning" if warning else "Normal", reason, message))
         entry = HistoryEntry(time=self.now, reason=reason, message=message[:4000], digest=digest, by=by)
         self.status.history = [*self.status.history, entry][-MAX_HISTORY:]
 
-    def condition(self, type_: DeploymentConditionType, value: bool, reason: Reason, message: str) -> None:
+    def condition(
+        self, type_: DeploymentConditionType, value: bool, reason: DeploymentReason, message: str
+    ) -> None:
         self.status.conditions = st.set_condition(
             self.status.conditions,
             type_,
@@ -158,7 +161,9 @@ def _analysis_due(mdep: ModelDeployment, now: datetime) -> bool:
 def reconcile_deployment(observed: DeploymentObserved, settings: Settings) -> DeploymentDecision:
     step = _Step(observed, settings)
     if observed.spec_error is not None:
-        step.condition(DeploymentConditionType.READY, False, Reason.INVALID_SPEC, observed.spec_error)
+        step.condition(
+            DeploymentConditionType.READY, False, DeploymentReason.INVALID_SPEC, observed.spec_error
+        )
         step.decision.requeue_after = None
         return step.decision
     status = step.status
@@ -166,7 +171,7 @@ def reconcile_deployment(observed: DeploymentObserved, settings: Settings) -> De
     if status.stable is None:
         status.stable = VersionRef(uri=spec.model.uri, digest=spec.model.digest, since=step.now)
         status.spec_model_digest = spec.model.digest
-        step.tell(Reason.SERVING, f"serving {spec.model.uri} ({spec.model.digest})")
+        step.tell(DeploymentReason.SERVING, f"serving {spec.model.uri} ({spec.model.digest})")
     _act_on_action(step)
     if Stage(status.stage).active:
         _advance(step)
@@ -190,40 +195,44 @@ def _act_on_action(step: _Step) -> None:
         step.condition(
             DeploymentConditionType.PAUSED,
             False,
-            Reason.ACTION_IGNORED,
+            DeploymentReason.ACTION_IGNORED,
             f"{action} ignored: {observed.action_problem}",
         )
     if paused != status.paused:
         status.paused = paused
         if paused:
-            step.tell(Reason.PAUSED, "paused: no stage or step advances until resumed", by=by)
+            step.tell(DeploymentReason.PAUSED, "paused: no stage or step advances until resumed", by=by)
         else:
-            step.tell(Reason.RESUMED, "resumed", by=by)
+            step.tell(DeploymentReason.RESUMED, "resumed", by=by)
     if action is None or observed.action_problem is not None or action == "pause":
         return
     step.decision.clear_action = True
     active = Stage(status.stage).active
     if action not in ROLLOUT_ACTIONS:
         step.tell(
-            Reason.ACTION_IGNORED,
+            DeploymentReason.ACTION_IGNORED,
             f"unknown action {action!r}: use one of {', '.join(ROLLOUT_ACTIONS)}",
             warning=True,
             by=by,
         )
     elif action == "resume":
         if active and status.stage == Stage.CANARY and _current_step_is_pause(step):
-            step.tell(Reason.RESUMED, f"resumed at pause step {status.step}", by=by)
+            step.tell(DeploymentReason.RESUMED, f"resumed at pause step {status.step}", by=by)
             _enter_step(step, (status.step or 0) + 1)
         elif not active or not status.paused:
-            step.tell(Reason.ACTION_IGNORED, "resume: nothing is paused", by=by)
+            step.tell(DeploymentReason.ACTION_IGNORED, "resume: nothing is paused", by=by)
     elif not active or status.stage == Stage.PROMOTING:
         step.tell(
-            Reason.ACTION_IGNORED, f"{action}: no rollout to {action} now (stage {status.stage})", by=by
+            DeploymentReason.ACTION_IGNORED,
+            f"{action}: no rollout to {action} now (stage {status.stage})",
+            by=by,
         )
     elif action == "abort":
-        _roll_back(step, Reason.ABORTED, f"aborted by {by}", by=by)
+        _roll_back(step, DeploymentReason.ABORTED, f"aborted by {by}", by=by)
     else:  # promote
-        step.tell(Reason.PROMOTED_BY_USER, f"promoted by {by}: remaining checks and steps skipped", by=by)
+        step.tell(
+            DeploymentReason.PROMOTED_BY_USER, f"promoted by {by}: remaining checks and steps skipped", by=by
+        )
         _enter_promoting(step)
 
 
@@ -267,19 +276,24 @@ def _start_next(step: _Step) -> None:
     source = f"FineTuneJob {version.job}" if version.job else "spec.model"
     if step.mdep.spec.rollout.shadow is not None:
         step.stage(Stage.SHADOW)
-        step.tell(Reason.CANDIDATE_FOUND, f"rolling out {version.digest} from {source}: shadow first")
+        step.tell(
+            DeploymentReason.CANDIDATE_FOUND, f"rolling out {version.digest} from {source}: shadow first"
+        )
     else:
-        step.tell(Reason.CANDIDATE_FOUND, f"rolling out {version.digest} from {source}: canary (no shadow)")
+        step.tell(
+            DeploymentReason.CANDIDATE_FOUND,
+            f"rolling out {version.digest} from {source}: canary (no shadow)",
+        )
         step.stage(Stage.CANARY)
         _enter_step(step, 1)
 
 
 _STOPPED = {
-    Reason.CANDIDATE_NOT_READY,
-    Reason.SHADOW_FAILED,
-    Reason.SHADOW_INCONCLUSIVE,
-    Reason.ANALYSIS_FAILED,
-    Reason.ABORTED,
+    DeploymentReason.CANDIDATE_NOT_READY,
+    DeploymentReason.SHADOW_FAILED,
+    DeploymentReason.SHADOW_INCONCLUSIVE,
+    DeploymentReason.ANALYSIS_FAILED,
+    DeploymentReason.ABORTED,
 }
 
 
@@ -298,7 +312,7 @@ def _advance(step: _Step) -> None:
         if step.elapsed(status.stage_started_at) > timeout:
             _roll_back(
                 step,
-                Reason.CANDIDATE_NOT_READY,
+                DeploymentReason.CANDIDATE_NOT_READY,
                 f"the candidate's servers were not ready within {timeout}s",
             )
         return
@@ -315,14 +329,15 @@ def _shadow(step: _Step) -> None:
         status.step_started_at = step.now
         status.mirror_percent = policy.mirror_percent
         step.tell(
-            Reason.SHADOW_GRADING, f"candidate ready; mirroring {policy.mirror_percent}% of requests to it"
+            DeploymentReason.SHADOW_GRADING,
+            f"candidate ready; mirroring {policy.mirror_percent}% of requests to it",
         )
         return
     if step.observed.shadow is None:  # Prometheus did not answer: wait, but not past the deadline
         if step.elapsed(status.step_started_at) > parse_duration(policy.max_duration):
             _roll_back(
                 step,
-                Reason.SHADOW_INCONCLUSIVE,
+                DeploymentReason.SHADOW_INCONCLUSIVE,
                 f"no evidence within {policy.max_duration}: {step.observed.prometheus_error}",
             )
         return
@@ -334,13 +349,16 @@ def _shadow(step: _Step) -> None:
     failed = [r for r in results if r.passed is False]
     if failed:
         _roll_back(
-            step, Reason.SHADOW_FAILED, "shadow check failed: " + "; ".join(r.message or "" for r in failed)
+            step,
+            DeploymentReason.SHADOW_FAILED,
+            "shadow check failed: " + "; ".join(r.message or "" for r in failed),
         )
     elif all(r.passed for r in results):
         if status.paused:
             return
         step.tell(
-            Reason.SHADOW_PASSED, "shadow checks passed: " + "; ".join(r.message or "" for r in results)
+            DeploymentReason.SHADOW_PASSED,
+            "shadow checks passed: " + "; ".join(r.message or "" for r in results),
         )
         step.stage(Stage.CANARY)
         _enter_step(step, 1)
@@ -348,7 +366,7 @@ def _shadow(step: _Step) -> None:
         samples = min((r.samples for r in results), default=0)
         _roll_back(
             step,
-            Reason.SHADOW_INCONCLUSIVE,
+            DeploymentReason.SHADOW_INCONCLUSIVE,
             f"too little evidence within {policy.max_duration}: {samples} graded samples, "
             f"{policy.min_samples} needed and every check shown to meet its threshold",
         )
@@ -368,7 +386,7 @@ def _enter_step(step: _Step, number: int) -> None:
     shadow = step.mdep.spec.rollout.shadow
     status.mirror_percent = shadow.mirror_percent if shadow is not None else 0
     what = "pause until resumed" if wanted.pause else f"weight {wanted.weight}% for {wanted.duration}"
-    step.tell(Reason.CANARY_STEP, f"canary step {number} of {len(steps)}: {what}")
+    step.tell(DeploymentReason.CANARY_STEP, f"canary step {number} of {len(steps)}: {what}")
 
 
 def _canary(step: _Step) -> None:
@@ -464,7 +482,7 @@ def _check_failures(step: _Step, message: str) -> None:
     if status.failed_analyses > limit:
         _roll_back(
             step,
-            Reason.ANALYSIS_FAILED,
+            DeploymentReason.ANALYSIS_FAILED,
             f"analysis failed at canary step {status.step} ({status.failed_analyses} failed, "
             f"limit {limit}): {message}",
         )
@@ -488,7 +506,8 @@ def _enter_promoting(step: _Step) -> None:
     status.weights = Weights(stable=0, candidate=100)
     status.mirror_percent = 0
     step.tell(
-        Reason.PROMOTING, "promoting: the candidate serves every request while stable takes its version"
+        DeploymentReason.PROMOTING,
+        "promoting: the candidate serves every request while stable takes its version",
     )
 
 
@@ -509,13 +528,15 @@ def _promote(step: _Step) -> None:
     status.stable = promoted
     status.weights = Weights()
     status.mirror_percent = 0
-    step.tell(Reason.PROMOTED, f"promoted {promoted.digest}: stable serves it to every request")
+    step.tell(DeploymentReason.PROMOTED, f"promoted {promoted.digest}: stable serves it to every request")
     step.stage(Stage.SUCCEEDED)
     step.decision.delete.extend(serving.server_objects(step.mdep, "candidate"))
-    step.condition(DeploymentConditionType.ROLLED_BACK, False, Reason.PROMOTED, f"promoted {promoted.digest}")
+    step.condition(
+        DeploymentConditionType.ROLLED_BACK, False, DeploymentReason.PROMOTED, f"promoted {promoted.digest}"
+    )
 
 
-def _roll_back(step: _Step, reason: Reason, message: str, *, by: str | None = None) -> None:
+def _roll_back(step: _Step, reason: DeploymentReason, message: str, *, by: str | None = None) -> None:
     status = step.status
     status.weights = Weights()
     status.mirror_percent = 0
@@ -561,41 +582,48 @@ def _conditions(step: _Step) -> None:
     )
     if not stable_ready:
         step.condition(
-            DeploymentConditionType.READY, False, Reason.STABLE_NOT_READY, "the stable servers are not ready"
+            DeploymentConditionType.READY,
+            False,
+            DeploymentReason.STABLE_NOT_READY,
+            "the stable servers are not ready",
         )
     elif route is None or not route.accepted:
         message = (
             route.message if route is not None and route.message else "no Gateway has accepted the route yet"
         )
-        step.condition(DeploymentConditionType.READY, False, Reason.ROUTE_NOT_ACCEPTED, message)
+        step.condition(DeploymentConditionType.READY, False, DeploymentReason.ROUTE_NOT_ACCEPTED, message)
     else:
-        step.condition(DeploymentConditionType.READY, True, Reason.SERVING, f"serving {status.stable.digest}")
+        step.condition(
+            DeploymentConditionType.READY, True, DeploymentReason.SERVING, f"serving {status.stable.digest}"
+        )
     active = Stage(status.stage).active
     if active:
         step.condition(DeploymentConditionType.PROGRESSING, True, _progress_reason(status), _summary(step))
     else:
-        done = Reason.PROMOTED if status.stage == Stage.SUCCEEDED else Reason.SERVING
+        done = DeploymentReason.PROMOTED if status.stage == Stage.SUCCEEDED else DeploymentReason.SERVING
         rolled_back = st.condition(status.conditions, DeploymentConditionType.ROLLED_BACK)
         if status.stage == Stage.ROLLED_BACK and rolled_back is not None:
-            done = Reason(rolled_back.reason)
+            done = DeploymentReason(rolled_back.reason)
         step.condition(DeploymentConditionType.PROGRESSING, False, done, _summary(step))
     if observed.action_problem is None or observed.action is None:
         step.condition(
             DeploymentConditionType.PAUSED,
             status.paused,
-            Reason.PAUSED if status.paused else Reason.RESUMED,
+            DeploymentReason.PAUSED if status.paused else DeploymentReason.RESUMED,
             "a pause action holds the rollout" if status.paused else "not paused",
         )
     status.summary = _summary(step)
     status.observed_generation = step.mdep.metadata.generation
 
 
-def _progress_reason(status: ModelDeploymentStatus) -> Reason:
+def _progress_reason(status: ModelDeploymentStatus) -> DeploymentReason:
     if status.stage == Stage.SHADOW:
-        return Reason.SHADOW_GRADING if status.step_started_at else Reason.CANDIDATE_STARTING
+        return (
+            DeploymentReason.SHADOW_GRADING if status.step_started_at else DeploymentReason.CANDIDATE_STARTING
+        )
     if status.stage == Stage.CANARY:
-        return Reason.CANARY_STEP
-    return Reason.PROMOTING
+        return DeploymentReason.CANARY_STEP
+    return DeploymentReason.PROMOTING
 
 
 def _summary(step: _Step) -> str:
