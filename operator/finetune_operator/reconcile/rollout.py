@@ -25,99 +25,41 @@ The stages (docs/rollouts.md has the whole story):
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from finetune_api.base import parse_duration
-from finetune_api.serving import DEFAULT_ANALYSIS, Variant
+from finetune_api.serving import DEFAULT_ANALYSIS
 from finetune_api.v1alpha1 import ModelDeployment
-from finetune_api.v1alpha1.finetunejob_status import RolloutLink
-from finetune_api.v1alpha1.modeldeployment import ROLLOUT_ACTIONS, AnalysisMetric, ServedModel
+from finetune_api.v1alpha1.modeldeployment import ROLLOUT_ACTIONS, AnalysisMetric
 from finetune_api.v1alpha1.modeldeployment_status import (
     MAX_ANALYSES,
-    MAX_HISTORY,
     AnalysisResult,
     DeploymentConditionType,
     DeploymentReason,
-    HistoryEntry,
-    ModelDeploymentStatus,
     RolloutStage,
     VersionRef,
     Weights,
 )
 from finetune_operator.builders import serving
-from finetune_operator.observed import Event
 from finetune_operator.observed_deployment import DeploymentDecision, DeploymentObserved, PrometheusReads
-from finetune_operator.reconcile import status as st
 from finetune_operator.reconcile.rollout_evidence import (
     analysis_queries,
     judge_check,
     judge_metric,
     shadow_queries,
 )
+from finetune_operator.reconcile.rollout_step import (
+    WAIT_SECONDS,
+    Step,
+    conditions,
+    desired,
+    last_look,
+    links,
+    requeue,
+)
 from finetune_operator.settings import Settings
 
-IDLE_LOOK_SECONDS = 60.0  # a version promoted without an event reaching us is still noticed
-WAIT_SECONDS = 2.0  # while servers start or the route changes
-SHADOW_LOOK_SECONDS = 5.0
 Stage = RolloutStage
-
-
-def _short(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:12]
-
-
-def _served(version: VersionRef) -> ServedModel:
-    return ServedModel(uri=version.uri, digest=version.digest)
-
-
-class _Step:
-    """One decision in the making: the observation, the status being written and the decision."""
-
-    def __init__(self, observed: DeploymentObserved, settings: Settings) -> None:
-        self.observed = observed
-        self.settings = settings
-        self.mdep: ModelDeployment = observed.deployment
-        self.now: datetime = observed.now
-        self.status = self.mdep.status.model_copy(deep=True)
-        self.decision = DeploymentDecision(status=self.status)
-
-    # --- recording -------------------------------------------------------------------------------
-
-    def tell(
-        self, reason: DeploymentReason, message: str, *, warning: bool = False, by: str | None = None
-    ) -> None:
-        digest = self.status.candidate.digest if self.status.candidate else None
-        self.decision.events.append(Event("Warning" if warning else "Normal", reason, message))
-        entry = HistoryEntry(time=self.now, reason=reason, message=message[:4000], digest=digest, by=by)
-        self.status.history = [*self.status.history, entry][-MAX_HISTORY:]
-
-    def condition(
-        self, type_: DeploymentConditionType, value: bool, reason: DeploymentReason, message: str
-    ) -> None:
-        self.status.conditions = st.set_condition(
-            self.status.conditions,
-            type_,
-            "True" if value else "False",
-            reason,
-            message,
-            now=self.now,
-            generation=self.mdep.metadata.generation,
-        )
-
-    def stage(self, stage: Stage) -> None:
-        self.status.stage = stage
-        self.status.stage_started_at = self.now
-        self.status.step = None
-        self.status.step_started_at = None
-
-    def elapsed(self, since: datetime | None) -> float:
-        return (self.now - since).total_seconds() if since is not None else 0.0
-
-    # --- observations ----------------------------------------------------------------------------
-
-    def ready(self, variant: Variant, digest: str) -> bool:
-        server = self.observed.servers.get(variant)
-        return server is not None and server.digest == digest and server.ready
 
 
 def reads(observed: DeploymentObserved) -> PrometheusReads:
@@ -146,20 +88,14 @@ def _analysis_metrics(mdep: ModelDeployment) -> tuple[AnalysisMetric, ...]:
     return DEFAULT_ANALYSIS if metrics is None else tuple(metrics)
 
 
-def _last_look(status: ModelDeploymentStatus) -> datetime | None:
-    """When the current step started or was last analysed, whichever is later."""
-    times = [t for t in (status.step_started_at, status.last_analysis_at) if t is not None]
-    return max(times) if times else None
-
-
 def _analysis_due(mdep: ModelDeployment, now: datetime) -> bool:
-    last = _last_look(mdep.status)
+    last = last_look(mdep.status)
     interval = parse_duration(mdep.spec.rollout.canary.analysis.interval)
     return last is None or (now - last).total_seconds() >= interval
 
 
 def reconcile_deployment(observed: DeploymentObserved, settings: Settings) -> DeploymentDecision:
-    step = _Step(observed, settings)
+    step = Step(observed, settings)
     if observed.spec_error is not None:
         step.condition(
             DeploymentConditionType.READY, False, DeploymentReason.INVALID_SPEC, observed.spec_error
@@ -177,17 +113,17 @@ def reconcile_deployment(observed: DeploymentObserved, settings: Settings) -> De
         _advance(step)
     if not Stage(status.stage).active and not status.paused:
         _start_next(step)
-    _desired(step)
-    _conditions(step)
-    _links(step)
-    step.decision.requeue_after = _requeue(step)
+    desired(step)
+    conditions(step)
+    links(step)
+    step.decision.requeue_after = requeue(step)
     return step.decision
 
 
 # --- manual actions ------------------------------------------------------------------------------
 
 
-def _act_on_action(step: _Step) -> None:
+def _act_on_action(step: Step) -> None:
     observed, status = step.observed, step.status
     action, by = observed.action, observed.action_by
     paused = action == "pause" and observed.action_problem is None
@@ -236,7 +172,7 @@ def _act_on_action(step: _Step) -> None:
         _enter_promoting(step)
 
 
-def _current_step_is_pause(step: _Step) -> bool:
+def _current_step_is_pause(step: Step) -> bool:
     steps = step.mdep.spec.rollout.canary.steps
     index = (step.status.step or 0) - 1
     return 0 <= index < len(steps) and steps[index].pause
@@ -245,7 +181,7 @@ def _current_step_is_pause(step: _Step) -> bool:
 # --- starting a rollout --------------------------------------------------------------------------
 
 
-def _start_next(step: _Step) -> None:
+def _start_next(step: Step) -> None:
     """Pick the next version to roll out, if any, and start its rollout."""
     status, spec = step.status, step.mdep.spec
     assert status.stable is not None
@@ -300,7 +236,7 @@ _STOPPED = {
 # --- advancing a rollout -------------------------------------------------------------------------
 
 
-def _advance(step: _Step) -> None:
+def _advance(step: Step) -> None:
     status = step.status
     assert status.candidate is not None
     if status.stage == Stage.PROMOTING:
@@ -322,7 +258,7 @@ def _advance(step: _Step) -> None:
         _canary(step)
 
 
-def _shadow(step: _Step) -> None:
+def _shadow(step: Step) -> None:
     status, policy = step.status, step.mdep.spec.rollout.shadow
     assert policy is not None
     if status.step_started_at is None:  # the candidate just turned ready: grading starts now
@@ -372,7 +308,7 @@ def _shadow(step: _Step) -> None:
         )
 
 
-def _enter_step(step: _Step, number: int) -> None:
+def _enter_step(step: Step, number: int) -> None:
     """Canary step `number` (1-based), or Promoting after the last."""
     status = step.status
     steps = step.mdep.spec.rollout.canary.steps
@@ -389,7 +325,7 @@ def _enter_step(step: _Step, number: int) -> None:
     step.tell(DeploymentReason.CANARY_STEP, f"canary step {number} of {len(steps)}: {what}")
 
 
-def _canary(step: _Step) -> None:
+def _canary(step: Step) -> None:
     status = step.status
     analysis = step.mdep.spec.rollout.canary.analysis
     if step.observed.analysis is not None or step.observed.shadow is not None:
@@ -416,7 +352,7 @@ def _canary(step: _Step) -> None:
         _enter_step(step, (status.step or 0) + 1)
 
 
-def _record_analysis(step: _Step) -> None:
+def _record_analysis(step: Step) -> None:
     status, observed = step.status, step.observed
     metrics = _analysis_metrics(step.mdep)
     entries: list[AnalysisResult] = []
@@ -466,7 +402,7 @@ def _record_analysis(step: _Step) -> None:
         status.inconclusive_in_a_row = 0
 
 
-def _inconclusive(step: _Step, message: str) -> None:
+def _inconclusive(step: Step, message: str) -> None:
     status = step.status
     analysis = step.mdep.spec.rollout.canary.analysis
     status.inconclusive_in_a_row += 1
@@ -476,7 +412,7 @@ def _inconclusive(step: _Step, message: str) -> None:
         _check_failures(step, f"{analysis.inconclusive_limit} inconclusive analyses in a row: {message}")
 
 
-def _check_failures(step: _Step, message: str) -> None:
+def _check_failures(step: Step, message: str) -> None:
     status = step.status
     limit = step.mdep.spec.rollout.canary.analysis.failure_limit
     if status.failed_analyses > limit:
@@ -488,7 +424,7 @@ def _check_failures(step: _Step, message: str) -> None:
         )
 
 
-def _last_analysis_passed(step: _Step) -> bool:
+def _last_analysis_passed(step: Step) -> bool:
     status = step.status
     last, started = status.last_analysis_at, status.step_started_at
     if last is None or started is None or last < started:
@@ -500,7 +436,7 @@ def _last_analysis_passed(step: _Step) -> bool:
 # --- promoting and rolling back ------------------------------------------------------------------
 
 
-def _enter_promoting(step: _Step) -> None:
+def _enter_promoting(step: Step) -> None:
     status = step.status
     step.stage(Stage.PROMOTING)
     status.weights = Weights(stable=0, candidate=100)
@@ -511,7 +447,7 @@ def _enter_promoting(step: _Step) -> None:
     )
 
 
-def _promote(step: _Step) -> None:
+def _promote(step: Step) -> None:
     """Promoting, in three moves: all traffic to the candidate (entered with it), then the stable Deployment
     on the candidate's version once the route carries that, then all traffic back to stable."""
     status, observed = step.status, step.observed
@@ -536,7 +472,7 @@ def _promote(step: _Step) -> None:
     )
 
 
-def _roll_back(step: _Step, reason: DeploymentReason, message: str, *, by: str | None = None) -> None:
+def _roll_back(step: Step, reason: DeploymentReason, message: str, *, by: str | None = None) -> None:
     status = step.status
     status.weights = Weights()
     status.mirror_percent = 0
@@ -544,145 +480,3 @@ def _roll_back(step: _Step, reason: DeploymentReason, message: str, *, by: str |
     step.stage(Stage.ROLLED_BACK)
     step.decision.delete.extend(serving.server_objects(step.mdep, "candidate"))
     step.condition(DeploymentConditionType.ROLLED_BACK, True, reason, message)
-
-
-# --- what the status asks for --------------------------------------------------------------------
-
-
-def _desired(step: _Step) -> None:
-    status, mdep, settings = step.status, step.mdep, step.settings
-    assert status.stable is not None
-    stable_version = status.stable
-    promoting_switched = status.stage == Stage.PROMOTING and status.step == 1
-    if promoting_switched and status.candidate is not None:
-        stable_version = status.candidate
-    apply = step.decision.apply
-    apply.extend(serving.server(mdep, "stable", _served(stable_version), settings))
-    active = Stage(status.stage).active and status.candidate is not None
-    if active:
-        assert status.candidate is not None
-        apply.extend(serving.server(mdep, "candidate", _served(status.candidate), settings))
-    apply.append(
-        serving.http_route(
-            mdep,
-            status.weights.candidate if active else 0,
-            status.mirror_percent if active else 0,
-            candidate=active,
-        )
-    )
-
-
-def _conditions(step: _Step) -> None:
-    status, observed = step.status, step.observed
-    assert status.stable is not None
-    route = observed.route
-    stable_ready = any(
-        step.ready("stable", digest)
-        for digest in {status.stable.digest, status.candidate.digest if status.candidate else ""}
-    )
-    if not stable_ready:
-        step.condition(
-            DeploymentConditionType.READY,
-            False,
-            DeploymentReason.STABLE_NOT_READY,
-            "the stable servers are not ready",
-        )
-    elif route is None or not route.accepted:
-        message = (
-            route.message if route is not None and route.message else "no Gateway has accepted the route yet"
-        )
-        step.condition(DeploymentConditionType.READY, False, DeploymentReason.ROUTE_NOT_ACCEPTED, message)
-    else:
-        step.condition(
-            DeploymentConditionType.READY, True, DeploymentReason.SERVING, f"serving {status.stable.digest}"
-        )
-    active = Stage(status.stage).active
-    if active:
-        step.condition(DeploymentConditionType.PROGRESSING, True, _progress_reason(status), _summary(step))
-    else:
-        done = DeploymentReason.PROMOTED if status.stage == Stage.SUCCEEDED else DeploymentReason.SERVING
-        rolled_back = st.condition(status.conditions, DeploymentConditionType.ROLLED_BACK)
-        if status.stage == Stage.ROLLED_BACK and rolled_back is not None:
-            done = DeploymentReason(rolled_back.reason)
-        step.condition(DeploymentConditionType.PROGRESSING, False, done, _summary(step))
-    if observed.action_problem is None or observed.action is None:
-        step.condition(
-            DeploymentConditionType.PAUSED,
-            status.paused,
-            DeploymentReason.PAUSED if status.paused else DeploymentReason.RESUMED,
-            "a pause action holds the rollout" if status.paused else "not paused",
-        )
-    status.summary = _summary(step)
-    status.observed_generation = step.mdep.metadata.generation
-
-
-def _progress_reason(status: ModelDeploymentStatus) -> DeploymentReason:
-    if status.stage == Stage.SHADOW:
-        return (
-            DeploymentReason.SHADOW_GRADING if status.step_started_at else DeploymentReason.CANDIDATE_STARTING
-        )
-    if status.stage == Stage.CANARY:
-        return DeploymentReason.CANARY_STEP
-    return DeploymentReason.PROMOTING
-
-
-def _summary(step: _Step) -> str:
-    status = step.status
-    if status.stage == Stage.SHADOW:
-        if status.step_started_at is None:
-            return "Shadow: candidate starting"
-        policy = step.mdep.spec.rollout.shadow
-        samples = min((r.samples for r in status.shadow), default=0)
-        return f"Shadow: {samples}/{policy.min_samples if policy else 0} graded"
-    if status.stage == Stage.CANARY:
-        return f"Canary step {status.step} of {status.steps} ({status.weights.candidate}%)" + (
-            ", paused" if status.paused else ""
-        )
-    if status.stage == Stage.PROMOTING:
-        return "Promoting"
-    stable = status.stable.digest if status.stable else ""
-    prefix = {Stage.SUCCEEDED: "Promoted", Stage.ROLLED_BACK: "Rolled back"}.get(
-        Stage(status.stage), "Serving"
-    )
-    if status.stage == Stage.ROLLED_BACK and status.candidate is not None:
-        return f"Rolled back {_short(status.candidate.digest)}; serving {_short(stable)}"
-    return f"{prefix}: serving {_short(stable)}"
-
-
-def _links(step: _Step) -> None:
-    """The rollout stage of the versions' FineTuneJobs, written when it changes."""
-    status = step.status
-    for version in step.observed.versions:
-        if status.candidate is not None and version.digest == status.candidate.digest:
-            stage = str(status.stage)
-        elif status.stable is not None and version.digest == status.stable.digest:
-            stage = str(Stage.SUCCEEDED) if status.stable.job == version.job else "Serving"
-        else:
-            continue
-        link = version.link
-        if (
-            link is not None
-            and link.deployment == step.mdep.metadata.name
-            and link.digest == version.digest
-            and link.stage == stage
-        ):
-            continue
-        step.decision.job_links[version.job] = RolloutLink(
-            deployment=step.mdep.metadata.name, digest=version.digest, stage=stage, updated_at=step.now
-        )
-
-
-def _requeue(step: _Step) -> float:
-    status = step.status
-    if status.stage == Stage.SHADOW:
-        return WAIT_SECONDS if status.step_started_at is None else SHADOW_LOOK_SECONDS
-    if status.stage == Stage.PROMOTING:
-        return WAIT_SECONDS
-    if status.stage == Stage.CANARY:
-        analysis = step.mdep.spec.rollout.canary.analysis
-        interval = parse_duration(analysis.interval)
-        last = _last_look(status) or step.now
-        due = last + timedelta(seconds=interval)
-        return max(0.5, min(float(interval), (due - step.now).total_seconds() + 0.05))
-    ready = step.ready("stable", status.stable.digest if status.stable else "")
-    return IDLE_LOOK_SECONDS if ready else WAIT_SECONDS
