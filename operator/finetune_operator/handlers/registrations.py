@@ -88,7 +88,7 @@ async def close(*, memo: kopf.Memo, **_: Any) -> None:
 # --- indexes: the operator's view of its children --------------------------------------------------
 
 
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+@kopf.index("batch", "v1", "jobs", labels={**MANAGED, JOB_LABEL: kopf.PRESENT})
 def child_jobs(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[JOB_LABEL]): parse.job_observation(body)}
 
@@ -98,12 +98,12 @@ def child_pods(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, *
     return {(namespace, labels[JOB_LABEL]): parse.pod_observation(body)}
 
 
-@kopf.index("", "v1", "configmaps", labels=MANAGED)
+@kopf.index("", "v1", "configmaps", labels={**MANAGED, JOB_LABEL: kopf.PRESENT})
 def child_configs(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[JOB_LABEL]): body.get("data", {}).get(CONFIG_KEY)}
 
 
-@kopf.index("", "v1", "services", labels=MANAGED)
+@kopf.index("", "v1", "services", labels={**MANAGED, JOB_LABEL: kopf.PRESENT})
 def child_services(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[JOB_LABEL]): True}
 
