@@ -73,13 +73,13 @@ async def create_jobs(kube: KubeClient, namespace: str, count: int) -> list[dict
     async def one(i: int) -> dict[str, Any]:
         body = manifest(namespace, f"bench-{i:05d}")
         url = kube._url("FineTuneJob", namespace)
-        return await kube._request("POST", url, body)
+        return await kube._request("create", "POST", url, body)
 
     return await gather_limited([one(i) for i in range(count)])
 
 
 async def count_jobs(kube: KubeClient, namespace: str) -> int:
-    listing = await kube._request("GET", f"{kube.server}/apis/batch/v1/namespaces/{namespace}/jobs")
+    listing = await kube._request("list", "GET", f"{kube.server}/apis/batch/v1/namespaces/{namespace}/jobs")
     return len(listing.get("items", []))
 
 
@@ -97,7 +97,7 @@ async def baseline(kube: KubeClient, namespace: str, count: int) -> tuple[float,
 
     async def one(i: int) -> None:
         raw = await kube._request(
-            "POST", kube._url("FineTuneJob", namespace), manifest(namespace, f"bench-{i:05d}")
+            "create", "POST", kube._url("FineTuneJob", namespace), manifest(namespace, f"bench-{i:05d}")
         )
         job = FineTuneJob.model_validate(raw)
         contract = RunPlan.of(job).validate_contract()
@@ -208,7 +208,9 @@ async def _finish(kube: KubeClient, namespace: str, job: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job} never appeared")
         await asyncio.sleep(0.3)
-    await kube._request("PATCH", url, {"status": finished_job_status()}, "application/merge-patch+json")
+    await kube._request(
+        "patch_status", "PATCH", url, {"status": finished_job_status()}, "application/merge-patch+json"
+    )
 
 
 async def main() -> None:
