@@ -168,12 +168,13 @@ class Bench:
             while direct is None and time.monotonic() < deadline + 60:
                 direct = first(sent.answers, "candidate", written)
                 time.sleep(0.05)
-        assert seen is not None and direct is not None, "the candidate never answered"
+        assert seen is not None, "the candidate never answered after the operator's decision"
+        assert direct is not None, "the candidate never answered after the direct route change"
         return seen - decided, direct - written
 
     def rollback(self) -> tuple[float, float]:
         """(operator, bare loop): seconds from a slow candidate's first answer to its last."""
-        namespace, obj, kubelet, operator = self.deployment(steps=[{"weight": 30, "duration": "1h"}])
+        namespace, obj, _, _ = self.deployment(steps=[{"weight": 30, "duration": "1h"}])
         with traffic(self.gateway["url"], f"{namespace}.test") as sent:
             set_model(self.cluster, obj, self.versions["slow"])
             wait_stage(self.cluster, namespace, "RolledBack", timeout=180)
@@ -219,7 +220,7 @@ def report(name: str, pairs: list[tuple[float, float]]) -> None:
 def main() -> int:
     if not netns_addresses():
         print(
-            "run in the rollout network namespace: bash tests/gateway/netns.sh .venv/bin/python bench/rollout_latency.py"
+            "run it in the rollout tests' network namespace: bash tests/gateway/netns.sh <python> " + __file__
         )
         return 2
     with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp, ExitStack() as stack:
