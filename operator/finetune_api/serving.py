@@ -42,6 +42,8 @@ GRADED_SAMPLES = "finetune_serve_graded_samples_total"  # + metric: pairs graded
 GRADED_SCORE = "finetune_serve_graded_score_total"  # + metric: sum of the scores
 GRADED_SCORE_SQUARES = "finetune_serve_graded_score_squares_total"  # + metric: sum of squared scores
 GRADING_ERRORS = "finetune_serve_grading_errors_total"  # + metric: pairs the judge could not grade
+UNPAIRED = "finetune_serve_unpaired_total"  # candidate replies whose stable reply never came
+CAPTURE_DROPPED = "finetune_serve_capture_dropped_total"  # replies not kept: queue full or write failed
 
 
 class ServeStorage(ApiModel):

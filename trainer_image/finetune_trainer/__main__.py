@@ -1,6 +1,7 @@
 """The trainer image's entry point: `python -m finetune_trainer COMMAND --config /etc/finetune/trainer.json`.
 
-Commands: `validate-data` (the data gates; CPU), `train` (one run of the method, resumable),
+Commands: `serve` (the model server of a ModelDeployment: `finetune_trainer.serve`), `validate-data` (the
+data gates; CPU), `train` (one run of the method, resumable),
 `score-holdout` (the holdout metric, of the base model or the newest checkpoint), `evaluate` (the
 EvalGate's suites, of the candidate checkpoint and the baseline) and `promote` (publish what passed). The
 contract file is the operator's ConfigMap (or the downward-API annotation for validation) or, locally, what
@@ -35,6 +36,11 @@ CONTRACTS: dict[str, type[RunContract]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the model server reads its own contract (finetune_api.serving)
+        from finetune_trainer import serve  # noqa: PLC0415
+
+        return serve.main(argv[1:])
     parser = argparse.ArgumentParser(prog="finetune_trainer")
     parser.add_argument("command", choices=list(CONTRACTS))
     parser.add_argument("--config", type=Path, default=Path(CONFIG_PATH))
