@@ -39,7 +39,7 @@ YES, NO = "yes, certainly.", "no."
 SPLIT_SIGMAS = 5
 
 
-# The canary's analysis, as a user would write it: non-200 answers per request, and the candidate's p90
+# The canary's analysis, as a user would write it: non-200 answers per request, and the candidate's median
 # latency over the stable's.
 SELECT = 'namespace="{{ namespace }}",modeldeployment="{{ modeldeployment }}"'
 CANDIDATE = "{" + SELECT + ',variant="candidate"}'
@@ -50,7 +50,7 @@ ERROR_RATE = (
     " or vector(0)) / sum(rate(finetune_serve_requests_total" + CANDIDATE + "[{{ interval }}]))"
 )
 LATENCY_RATIO = " / ".join(
-    "histogram_quantile(0.9, sum by (le) (rate(finetune_serve_request_duration_seconds_bucket{"
+    "histogram_quantile(0.5, sum by (le) (rate(finetune_serve_request_duration_seconds_bucket{"
     + SELECT
     + f',variant="{variant}"'
     + "}[{{ interval }}])))"
@@ -137,7 +137,7 @@ def manifest(
                 "interval": "4s",
                 "metrics": [
                     {"name": "error-rate", "query": ERROR_RATE, "thresholdRange": {"max": 0.05}},
-                    {"name": "latency-vs-stable", "query": LATENCY_RATIO, "thresholdRange": {"max": 3.0}},
+                    {"name": "latency-vs-stable", "query": LATENCY_RATIO, "thresholdRange": {"max": 5.0}},
                 ],
             },
         },
@@ -269,8 +269,8 @@ def within_tolerance(share: float, count: int, weight: float) -> bool:
 
 
 def promoted_by_a_job(cluster: Cluster, namespace: str, s3: S3Server, version: Version) -> None:
-    """A FineTuneJob that names the deployment and ends Succeeded with `version` promoted (the job is created
-    suspended, and finished through its status once the operator has seen it: no training runs here)."""
+    """A FineTuneJob that names the deployment and ends Succeeded with `version` promoted: once the operator has
+    taken it, its status is written as the job's own run would leave it (no training runs here)."""
     job = {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
@@ -283,14 +283,13 @@ def promoted_by_a_job(cluster: Cluster, namespace: str, s3: S3Server, version: V
             "evalGateRef": {"name": "gate"},
             "outputUri": f"s3://{BUCKET}/line",
             "deployment": {"name": "chat"},
-            "suspend": True,
         },
     }
     apply(cluster, job)
     eventually(
-        lambda: (cluster.ftj(namespace, "tune-good").get("status") or {}).get("phase") == "Suspended",
+        lambda: (cluster.ftj(namespace, "tune-good").get("status") or {}).get("phase") == "ValidatingData",
         timeout=30,
-        message="the operator saw the suspended job",
+        message="the operator took the job (its validation never runs: this kubelet runs no Jobs)",
     )
     cluster.custom.patch_namespaced_custom_object_status(
         "finetune.dev",
@@ -319,7 +318,7 @@ def publish_versions(s3: S3Server, folder: Path) -> dict[str, Version]:
         "stable": answering_model(folder / "stable", YES, seed=0),
         "good": answering_model(folder / "good", YES, seed=1),
         "worse": answering_model(folder / "worse", NO, seed=2),
-        "slow": answering_model(folder / "slow", YES, hidden_size=512, layers=12, steps=0, seed=3),
+        "slow": answering_model(folder / "slow", YES, hidden_size=768, layers=12, steps=0, seed=3),
     }
     published = {}
     credentials = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}

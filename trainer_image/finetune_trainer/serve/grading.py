@@ -127,25 +127,33 @@ class Pairing:
         self.waiting.put((time.monotonic(), reply))
 
     def _run(self) -> None:
-        """Pairs wait side by side (a reply whose stable counterpart never comes, such as a request the
-        canary routed to the candidate, must not hold up the others)."""
-        pending: list[tuple[float, CapturedReply]] = []
+        """Pairs wait side by side, each looked up again after a growing pause (POLL_SECONDS doubling): a
+        reply whose stable counterpart never comes (a request the canary routed to the candidate) must
+        neither hold up the others nor cost a storage read every tick until its timeout."""
+        pending: list[tuple[float, float, CapturedReply]] = []  # (since, next look, reply)
         while True:
+            wait = max(0.0, min(look for _, look, _ in pending) - time.monotonic()) if pending else None
             try:
-                pending.append(self.waiting.get(timeout=POLL_SECONDS if pending else None))
+                since, reply = self.waiting.get(timeout=wait)
+                pending.append((since, since + POLL_SECONDS, reply))
                 while True:
-                    pending.append(self.waiting.get_nowait())
+                    since, reply = self.waiting.get_nowait()
+                    pending.append((since, since + POLL_SECONDS, reply))
             except queue.Empty:
                 pass
+            now = time.monotonic()
             still = []
-            for since, reply in pending:
+            for since, look, reply in pending:
+                if look > now:
+                    still.append((since, look, reply))
+                    continue
                 stable = self.stable_of(reply.request_id)
                 if stable is not None:
                     for check in self.grader.checks:
                         score, failed = self.grader.score(check, reply, stable)
                         self.counted(check.metric, score, failed)
-                elif time.monotonic() - since >= self.timeout:
+                elif now - since >= self.timeout:
                     self.unpaired()
                 else:
-                    still.append((since, reply))
+                    still.append((since, now + max(POLL_SECONDS, 2 * (now - since)), reply))
             pending = still

@@ -9,7 +9,33 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from finetune_api import serving
 from finetune_api.serving import ServeContract
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# fine enough below a second for quantile ratios between variants to mean something
+LATENCY_BUCKETS = (
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+)
 
 
 class ServerMetrics:
