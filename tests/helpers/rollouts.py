@@ -269,8 +269,8 @@ def within_tolerance(share: float, count: int, weight: float) -> bool:
 
 
 def promoted_by_a_job(cluster: Cluster, namespace: str, s3: S3Server, version: Version) -> None:
-    """A FineTuneJob that names the deployment and ends Succeeded with `version` promoted: once the operator has
-    taken it, its status is written as the job's own run would leave it (no training runs here)."""
+    """A FineTuneJob that names the deployment and ends Succeeded with `version` promoted: once the operator
+    has taken it, its status is written as the job's own run would leave it (no training runs here)."""
     job = {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",

@@ -322,10 +322,16 @@ def test_a_live_score_shown_worse_during_the_canary_rolls_back() -> None:
     assert "shadow/win_rate" in driver.status.analyses[-1].metric
 
 
-def test_without_shadow_the_canary_starts_at_once() -> None:
+def test_without_shadow_the_canary_starts_once_the_candidate_answers() -> None:
     driver = Driver(mdep(shadow=False))
     decision = driver.step()
     assert driver.status.stage == "Canary"
+    assert driver.status.summary == "Canary: candidate starting"
+    assert weights(decision) == {"stable": 100, "candidate": 0}
+    assert not driver.reads  # nothing to analyse before step 1
+    driver.servers["candidate"] = server("candidate", NEW)
+    decision = driver.step(3)
+    assert driver.status.step == 1
     assert weights(decision) == {"stable": 80, "candidate": 20}
     assert mirror(decision) == 0
 

@@ -74,7 +74,7 @@ def reads(observed: DeploymentObserved) -> PrometheusReads:
     ready = server is not None and server.digest == digest and server.ready
     if status.stage == Stage.SHADOW and ready and status.step_started_at is not None:
         return PrometheusReads(shadow=shadow_queries(mdep, digest))
-    if status.stage == Stage.CANARY and _analysis_due(mdep, observed.now):
+    if status.stage == Stage.CANARY and status.step is not None and _analysis_due(mdep, observed.now):
         metrics = _analysis_metrics(mdep)
         return PrometheusReads(
             shadow=shadow_queries(mdep, digest),
@@ -220,8 +220,7 @@ def _start_next(step: Step) -> None:
             DeploymentReason.CANDIDATE_FOUND,
             f"rolling out {version.digest} from {source}: canary (no shadow)",
         )
-        step.stage(Stage.CANARY)
-        _enter_step(step, 1)
+        step.stage(Stage.CANARY)  # step 1 starts once the candidate's servers are ready
 
 
 _STOPPED = {
@@ -243,7 +242,7 @@ def _advance(step: Step) -> None:
         _promote(step)
         return
     ready = step.ready("candidate", status.candidate.digest)
-    if not ready and status.stage == Stage.SHADOW and status.step_started_at is None:
+    if not ready and status.step_started_at is None:  # neither grading nor step 1 before it answers
         timeout = parse_duration(step.mdep.spec.rollout.candidate_ready_timeout)
         if step.elapsed(status.stage_started_at) > timeout:
             _roll_back(
@@ -252,7 +251,9 @@ def _advance(step: Step) -> None:
                 f"the candidate's servers were not ready within {timeout}s",
             )
         return
-    if status.stage == Stage.SHADOW:
+    if status.stage == Stage.CANARY and status.step is None:
+        _enter_step(step, 1)
+    elif status.stage == Stage.SHADOW:
         _shadow(step)
     elif status.stage == Stage.CANARY:
         _canary(step)

@@ -185,6 +185,8 @@ def summary(step: Step) -> str:
         samples = min((r.samples for r in status.shadow), default=0)
         return f"Shadow: {samples}/{policy.min_samples if policy else 0} graded"
     if status.stage == Stage.CANARY:
+        if status.step is None:
+            return "Canary: candidate starting"
         return f"Canary step {status.step} of {status.steps} ({status.weights.candidate}%)" + (
             ", paused" if status.paused else ""
         )
