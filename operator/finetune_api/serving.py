@@ -28,6 +28,7 @@ SERVE_CONFIG_PATH = "/etc/finetune/serve.json"
 ENV_SERVE_CONTRACT = "FINETUNE_SERVE_CONTRACT"  # the contract itself, which wins over the file when set
 SERVE_COMMAND = ("python", "-m", "finetune_trainer", "serve")
 REQUEST_ID_HEADER = "x-request-id"
+VARIANT_HEADER = "x-finetune-variant"  # every answer names the variant that gave it
 Variant = Literal["stable", "candidate"]
 VARIANTS: tuple[Variant, ...] = ("stable", "candidate")
 

@@ -24,11 +24,10 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from finetune_api.serving import REQUEST_ID_HEADER, CapturedReply, ServeContract
+from finetune_api.serving import REQUEST_ID_HEADER, VARIANT_HEADER, CapturedReply, ServeContract
 from finetune_trainer.serve.batching import Generator, Request
 from finetune_trainer.serve.metrics import ServerMetrics
 
-VARIANT_HEADER = "x-finetune-variant"
 MAX_BODY = 4 * 1024 * 1024
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
