@@ -84,9 +84,13 @@ def expected_deployment_health(obj: dict[str, Any]) -> tuple[str, list[str]]:
     if ready.get("status") == "False" and ready.get("reason") == "InvalidSpec":
         return "Degraded", ["InvalidSpec", ready["message"]]
     if stage in ("Shadow", "Canary", "Promoting"):
-        return ("Suspended", ["paused by annotation", summary]) if status.get("paused") else (
-            "Progressing",
-            [summary],
+        return (
+            ("Suspended", ["paused by annotation", summary])
+            if status.get("paused")
+            else (
+                "Progressing",
+                [summary],
+            )
         )
     if stage == "RolledBack":
         said = conditions["RolledBack"]

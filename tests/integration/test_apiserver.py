@@ -27,7 +27,9 @@ def test_every_example_is_accepted_by_dry_run_and_by_create(cluster: Cluster) ->
     applied = {
         (d["kind"], d["metadata"].get("namespace", "default"), d["metadata"]["name"]) for d in documents
     }
-    stored_names = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in jobs + gates + deployments}
+    stored_names = {
+        (o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in jobs + gates + deployments
+    }
     assert applied <= stored_names
     assert len(applied) == len(documents)
     sft = example("sft-support-assistant.yaml")

@@ -60,7 +60,11 @@ CANDIDATE = VersionRef(uri="s3://models-prod/support-assistant/v3/", digest="sha
 
 def condition(type_: str, value: bool, reason: str, message: str, at: datetime = T0) -> Condition:
     return Condition(
-        type=type_, status="True" if value else "False", reason=reason, message=message, last_transition_time=at
+        type=type_,
+        status="True" if value else "False",
+        reason=reason,
+        message=message,
+        last_transition_time=at,
     )
 
 
