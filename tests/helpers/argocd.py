@@ -15,7 +15,11 @@ from lupa.lua51 import LuaRuntime
 from helpers.support import ROOT
 
 HEALTH = ROOT / "helm" / "finetune-operator" / "files" / "health"
-SCRIPTS = {"FineTuneJob": HEALTH / "finetunejob.lua", "EvalGate": HEALTH / "evalgate.lua"}
+SCRIPTS = {
+    "FineTuneJob": HEALTH / "finetunejob.lua",
+    "EvalGate": HEALTH / "evalgate.lua",
+    "ModelDeployment": HEALTH / "modeldeployment.lua",
+}
 ARGOCD_FIELD_MANAGER = "argocd-controller"
 # kubectl's client-side apply bookkeeping, which `kubectl apply --server-side` drops when it takes over the
 # fields a client-side apply managed (the tests create the job with a client-side apply)
@@ -34,7 +38,7 @@ end
 
 
 def health(obj: dict[str, Any], script: Path | None = None) -> tuple[str, str]:
-    """(hs.status, hs.message) that Argo CD would show for `obj`, a FineTuneJob or EvalGate as read."""
+    """(hs.status, hs.message) that Argo CD would show for `obj`, one of our kinds as read."""
     lua = LuaRuntime(register_eval=False, register_builtins=False)
     assert lua.eval("_VERSION") == "Lua 5.1"
     run = lua.execute(_SANDBOXED)
@@ -44,7 +48,10 @@ def health(obj: dict[str, Any], script: Path | None = None) -> tuple[str, str]:
 
 
 def expected_health(obj: dict[str, Any]) -> tuple[str, list[str]]:
-    """What a FineTuneJob's health must be at its phase: the status, and what its message must name."""
+    """What a FineTuneJob's health must be at its phase (a ModelDeployment's at its stage): the status, and
+    what its message must name."""
+    if obj.get("kind") == "ModelDeployment":
+        return expected_deployment_health(obj)
     status = obj.get("status", {})
     phase = status.get("phase")
     conditions = {c["type"]: c for c in status.get("conditions", [])}
@@ -63,11 +70,43 @@ def expected_health(obj: dict[str, Any]) -> tuple[str, list[str]]:
     return "Progressing", [str(phase)]
 
 
+def expected_deployment_health(obj: dict[str, Any]) -> tuple[str, list[str]]:
+    """What a ModelDeployment's health must be at its stage: the status, and what its message must name."""
+    status = obj.get("status") or {}
+    if not status.get("conditions"):
+        return "Progressing", ["waiting for the operator"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    stage, summary = status["stage"], status.get("summary") or status["stage"]
+    failing = conditions.get("ReconcileError", {})
+    ready = conditions.get("Ready", {})
+    if failing.get("status") == "True":
+        return "Degraded", [failing["message"]]
+    if ready.get("status") == "False" and ready.get("reason") == "InvalidSpec":
+        return "Degraded", ["InvalidSpec", ready["message"]]
+    if stage in ("Shadow", "Canary", "Promoting"):
+        return (
+            ("Suspended", ["paused by annotation", summary])
+            if status.get("paused")
+            else (
+                "Progressing",
+                [summary],
+            )
+        )
+    if stage == "RolledBack":
+        said = conditions["RolledBack"]
+        return "Degraded", ["RolledBack", said["reason"], said["message"]]
+    if ready.get("status") == "True":
+        return "Healthy", [summary]
+    never = ready.get("lastTransitionTime") == (status.get("stable") or {}).get("since")
+    return ("Progressing" if never else "Degraded"), [summary, ready.get("message", "")]
+
+
 def check_health(obj: dict[str, Any]) -> tuple[str, str]:
-    """The health of a FineTuneJob as recorded at a phase, checked against `expected_health`."""
+    """The health of a FineTuneJob (or ModelDeployment) as recorded, checked against `expected_health`."""
     got, message = health(obj)
     wanted, named = expected_health(obj)
-    assert got == wanted, (obj.get("status", {}).get("phase"), got, message)
+    state = obj.get("status", {}).get("phase") or obj.get("status", {}).get("stage")
+    assert got == wanted, (state, got, message)
     for part in named:
         assert part in message, (part, message)
     return got, message

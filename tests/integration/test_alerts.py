@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from finetune_api.v1alpha1.conditions import Phase, Reason
+from finetune_api.v1alpha1.modeldeployment_status import DeploymentReason, RolloutStage
 from helpers.prometheus import promtool
 from helpers.support import ROOT
 
@@ -25,7 +26,11 @@ SEVERITIES = {"critical", "warning", "info"}
 # every trainer series carries these (docs/metrics.md, "Trainer")
 TRAINER_LABELS = {"namespace", "finetunejob", "run_id", "method"}
 # label values the rules match that come from the API's vocabulary
-VOCABULARY = {"phase": {p.value for p in Phase}, "reason": {r.value for r in Reason}}
+VOCABULARY = {
+    "phase": {p.value for p in Phase},
+    "reason": {r.value for r in Reason} | {r.value for r in DeploymentReason},
+    "stage": {s.value for s in RolloutStage},
+}
 
 
 def rules() -> list[dict[str, Any]]:

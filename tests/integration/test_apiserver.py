@@ -23,10 +23,13 @@ def test_every_example_is_accepted_by_dry_run_and_by_create(cluster: Cluster) ->
     cluster.kubectl("create", "-f", str(EXAMPLES))
     jobs = json.loads(cluster.kubectl("get", "ftj", "-A", "-o", "json").stdout)["items"]
     gates = json.loads(cluster.kubectl("get", "evg", "-A", "-o", "json").stdout)["items"]
+    deployments = json.loads(cluster.kubectl("get", "mdep", "-A", "-o", "json").stdout)["items"]
     applied = {
         (d["kind"], d["metadata"].get("namespace", "default"), d["metadata"]["name"]) for d in documents
     }
-    stored_names = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in jobs + gates}
+    stored_names = {
+        (o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in jobs + gates + deployments
+    }
     assert applied <= stored_names
     assert len(applied) == len(documents)
     sft = example("sft-support-assistant.yaml")

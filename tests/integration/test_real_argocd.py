@@ -298,11 +298,15 @@ def test_syncs_the_examples_and_reports_the_scripts_health(argocd: ArgoCD) -> No
     for kind, name in _examples():
         got = argocd.kubectl("-n", NAMESPACE, "get", kind.lower(), name, "-o", "name")
         assert got.strip(), (kind, name)
-    # no operator runs: the jobs have no status yet, which the script calls Progressing; gates are Healthy
+    # no operator runs: jobs and deployments have no status yet, which the scripts call Progressing; gates
+    # are Healthy
     for kind, name in _examples():
         health = eventually(lambda k=kind, n=name: argocd.resource_health(k, n), timeout=60)
         if kind == "FineTuneJob":
             assert health == ("Progressing", "waiting for the operator to pick the job up"), (name, health)
+        elif kind == "ModelDeployment":
+            wanted = ("Progressing", "waiting for the operator to pick the deployment up")
+            assert health == wanted, (name, health)
         else:
             assert health == ("Healthy", "no evaluation yet"), (name, health)
     assert app["status"]["health"]["status"] == "Progressing"

@@ -39,6 +39,21 @@ def test_examples_cover_every_method_and_an_evalgate() -> None:
     assert any(d["kind"] == "EvalGate" for d in docs)
 
 
+def test_examples_hold_a_deployment_that_a_job_rolls_out_to() -> None:
+    docs = example_documents()
+    deployments = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "ModelDeployment"
+    }
+    named = {
+        (d["metadata"]["namespace"], d["spec"]["deployment"]["name"])
+        for d in docs
+        if d["kind"] == "FineTuneJob" and "deployment" in d["spec"]
+    }
+    assert deployments
+    assert named
+    assert named <= deployments, "a job names a ModelDeployment that no example defines"
+
+
 def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 30
     assert len({c.name for c in CASES}) == len(CASES)
