@@ -455,3 +455,54 @@ def test_evidence_bounds_by_hand() -> None:
     assert judge_check(check, Sums(30, 15, 7.5), 0.95, 20).passed is True
     assert judge_check(check, Sums(30, 3, 3), 0.95, 20).passed is False
     assert judge_check(check, Sums(10, 5, 2.5), 0.95, 20).passed is None  # too few
+
+
+def test_an_older_version_is_never_rolled_out_after_a_newer_one() -> None:
+    older = PromotedVersion(
+        job="tune-0", uri="s3://models/line/v0/", digest=NEWER, promoted_at=T0 - dt.timedelta(hours=1)
+    )
+    driver = Driver(mdep(shadow=False), versions=(older, JOB))
+    driver.step()
+    assert driver.status.candidate.digest == NEW  # the newest
+    driver.step(1, action="abort", action_by="alice")
+    driver.step(60)
+    assert driver.status.stage == "RolledBack"  # tune-0 is older than what was tried: superseded
+
+
+def test_promote_is_refused_while_the_candidate_is_not_ready() -> None:
+    driver = Driver(mdep())
+    driver.step()
+    decision = driver.step(1, action="promote", action_by="alice")
+    assert driver.status.stage == "Shadow"
+    assert decision.clear_action
+    assert "not ready" in driver.status.history[-1].message
+
+
+def test_resume_written_over_a_pause_ends_it_without_an_ignored_action() -> None:
+    driver = Driver(mdep())
+    to_canary(driver)
+    driver.step(1, action="pause", action_by="bob")
+    driver.step(1, action="resume", action_by="bob")
+    assert not driver.status.paused
+    reasons = [h.reason for h in driver.status.history[-2:]]
+    assert reasons[-1] == "Resumed"
+    assert "ActionIgnored" not in reasons
+
+
+def test_a_new_spec_model_mid_rollout_supersedes_the_candidate() -> None:
+    driver = Driver(mdep())
+    to_canary(driver)
+    changed = mdep()
+    changed.spec.model.digest = NEWER
+    driver.deployment = driver.deployment.model_copy(update={"spec": changed.spec})
+    decision = driver.step(1)
+    assert any(h.reason == "Superseded" for h in driver.status.history)
+    assert driver.status.stage == "Shadow"
+    assert driver.status.candidate.digest == NEWER
+    assert decision.delete == []  # the new candidate takes the old one's objects
+    candidate = next(
+        m for m in decision.apply if m["metadata"]["name"] == "chat-candidate" and m["kind"] == "Deployment"
+    )
+    assert candidate["spec"]["template"]["metadata"]["annotations"]["finetune.dev/model-digest"] == NEWER
+    assert weights(decision) == {"stable": 100, "candidate": 0}
+    assert mirror(decision) == 0

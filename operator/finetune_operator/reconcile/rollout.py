@@ -109,10 +109,19 @@ def reconcile_deployment(observed: DeploymentObserved, settings: Settings) -> De
         status.spec_model_digest = spec.model.digest
         step.tell(DeploymentReason.SERVING, f"serving {spec.model.uri} ({spec.model.digest})")
     _act_on_action(step)
+    if status.stage in (Stage.SHADOW, Stage.CANARY) and _superseded(step):
+        _roll_back(
+            step,
+            DeploymentReason.SUPERSEDED,
+            f"spec.model changed to {spec.model.digest} mid-rollout: that version goes next",
+        )
     if Stage(status.stage).active:
         _advance(step)
     if not Stage(status.stage).active and not status.paused:
         _start_next(step)
+    if Stage(status.stage).active:  # a new rollout started in this decision reuses the candidate's names
+        kept = set(serving.server_objects(step.mdep, "candidate"))
+        step.decision.delete = [d for d in step.decision.delete if d not in kept]
     desired(step)
     conditions(step)
     links(step)
@@ -127,6 +136,7 @@ def _act_on_action(step: Step) -> None:
     observed, status = step.observed, step.status
     action, by = observed.action, observed.action_by
     paused = action == "pause" and observed.action_problem is None
+    was_paused = status.paused  # a resume written over a pause annotation ends that pause
     if action is not None and observed.action_problem is not None:
         step.condition(
             DeploymentConditionType.PAUSED,
@@ -155,7 +165,7 @@ def _act_on_action(step: Step) -> None:
         if active and status.stage == Stage.CANARY and _current_step_is_pause(step):
             step.tell(DeploymentReason.RESUMED, f"resumed at pause step {status.step}", by=by)
             _enter_step(step, (status.step or 0) + 1)
-        elif not active or not status.paused:
+        elif not active or not was_paused:
             step.tell(DeploymentReason.ACTION_IGNORED, "resume: nothing is paused", by=by)
     elif not active or status.stage == Stage.PROMOTING:
         step.tell(
@@ -165,11 +175,25 @@ def _act_on_action(step: Step) -> None:
         )
     elif action == "abort":
         _roll_back(step, DeploymentReason.ABORTED, f"aborted by {by}", by=by)
+    elif status.candidate is None or not step.ready("candidate", status.candidate.digest):
+        step.tell(
+            DeploymentReason.ACTION_IGNORED,
+            "promote: the candidate's servers are not ready; promoting now would send every request to them",
+            warning=True,
+            by=by,
+        )
     else:  # promote
         step.tell(
             DeploymentReason.PROMOTED_BY_USER, f"promoted by {by}: remaining checks and steps skipped", by=by
         )
         _enter_promoting(step)
+
+
+def _superseded(step: Step) -> bool:
+    """spec.model names a version that is neither stable, the candidate, nor the one last acted on."""
+    status, wanted = step.status, step.mdep.spec.model.digest
+    current = {status.spec_model_digest, status.stable.digest if status.stable else None}
+    return wanted not in current and (status.candidate is None or wanted != status.candidate.digest)
 
 
 def _current_step_is_pause(step: Step) -> bool:
@@ -190,19 +214,13 @@ def _start_next(step: Step) -> None:
         version = VersionRef(uri=spec.model.uri, digest=spec.model.digest, since=step.now)
         status.spec_model_digest = spec.model.digest
     else:
-        failed = {h.digest for h in status.history if h.reason in _STOPPED and h.digest}
-        for candidate in reversed(step.observed.versions):  # newest first
-            done = (
-                candidate.link is not None
-                and candidate.link.digest == candidate.digest
-                and (candidate.link.stage in (Stage.ROLLED_BACK, Stage.SUCCEEDED))
-            )
-            if candidate.digest == status.stable.digest or candidate.digest in failed or done:
-                continue
-            version = VersionRef(
-                uri=candidate.uri, digest=candidate.digest, job=candidate.job, since=step.now
-            )
-            break
+        # Only the newest promoted version is a candidate: once it has been tried (it is stable, or its
+        # rollout started), every older one is superseded by it and never rolled out after it.
+        tried = {h.digest for h in status.history if h.reason in _TRIED and h.digest} | {status.stable.digest}
+        newest = step.observed.versions[-1] if step.observed.versions else None
+        finished = newest is not None and newest.link is not None and newest.link.digest == newest.digest
+        if newest is not None and newest.digest not in tried and not finished:
+            version = VersionRef(uri=newest.uri, digest=newest.digest, job=newest.job, since=step.now)
     if version is None:
         return
     status.candidate = version
@@ -223,7 +241,8 @@ def _start_next(step: Step) -> None:
         step.stage(Stage.CANARY)  # step 1 starts once the candidate's servers are ready
 
 
-_STOPPED = {
+_TRIED = {
+    DeploymentReason.CANDIDATE_FOUND,
     DeploymentReason.CANDIDATE_NOT_READY,
     DeploymentReason.SHADOW_FAILED,
     DeploymentReason.SHADOW_INCONCLUSIVE,
