@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     failure: list[str] = []
     loader = threading.Thread(target=_load, args=(server, contract, scratch, failure, httpd), daemon=True)
     loader.start()
+    # SIGTERM (a pod being stopped) ends serve_forever like Ctrl-C: the port closes, the exit code is 0
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.shutdown, daemon=True).start())
     LOG.info(
         "serving %s (%s) as %s on %s:%d",
         contract.model.uri,

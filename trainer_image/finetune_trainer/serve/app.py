@@ -70,6 +70,8 @@ def parse_request(body: bytes, max_new_tokens: int) -> Request:
     temperature = data.get("temperature", 0.0)
     if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
         raise RequestError("temperature must be a number from 0 to 2", "temperature")
+    if data.get("stream", False) is not False:
+        raise RequestError("stream must be false: replies are sent whole", "stream")
     if data.get("n", 1) != 1:
         raise RequestError("n must be 1", "n")
     stop = data.get("stop") or []
