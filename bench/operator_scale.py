@@ -52,7 +52,7 @@ CONCURRENCY = 64
 def manifest(namespace: str, name: str, endpoint: str = "http://127.0.0.1:1") -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "sft-support-assistant.yaml").read_text())
     doc["metadata"] = {"name": name, "namespace": namespace}
-    for key in ("evalGateRef", "outputUri"):
+    for key in ("evalGateRef", "outputUri", "deployment"):
         doc["spec"].pop(key)
     doc["spec"]["resources"].pop("queueName")
     doc["spec"]["storage"]["endpoint"] = endpoint

@@ -133,6 +133,7 @@ def ours(
     doc = next(d for d in documents if d["kind"] == "FineTuneJob")
     doc["spec"].pop("evalGateRef", None)  # training only
     doc["spec"].pop("outputUri", None)
+    doc["spec"].pop("deployment", None)
     doc["metadata"] |= {"namespace": "bench", "uid": "00000000-0000-0000-0000-000000000000"}
     spec = doc["spec"]
     hp = spec["hyperparameters"]

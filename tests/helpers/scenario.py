@@ -48,6 +48,7 @@ class Scenario:
             "spec": {
                 "evalGateRef": None,
                 "outputUri": None,
+                "deployment": None,
                 "storage": {"endpoint": self.s3.endpoint, "bucket": BUCKET},
                 "resources": {"queueName": None},
             },

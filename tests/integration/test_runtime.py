@@ -80,6 +80,7 @@ def test_a_loop_that_meets_non_api_errors_says_so_on_the_job_and_recovers(
     doc["metadata"] |= {"name": NAME, "namespace": NAMESPACE}
     doc["spec"].pop("evalGateRef")
     doc["spec"].pop("outputUri")
+    doc["spec"].pop("deployment", None)
     FineTuneJob.model_validate(doc)
     cluster.custom.create_namespaced_custom_object("finetune.dev", "v1alpha1", NAMESPACE, "finetunejobs", doc)
 

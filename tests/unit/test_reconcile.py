@@ -34,6 +34,7 @@ def ftj(
     doc["metadata"] |= {"uid": "0a1b2c3d-1111-2222-3333-444455556666", "generation": 1}
     doc["spec"].pop("evalGateRef", None)
     doc["spec"].pop("outputUri", None)
+    doc["spec"].pop("deployment", None)
     doc["status"] = status
     return FineTuneJob.model_validate(doc)
 
