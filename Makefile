@@ -119,11 +119,12 @@ test: verify lint controlplane helm prometheus gateway argocd grafana-schema chr
 	bash tests/gateway/netns.sh $(BIN)/python -m pytest tests/rollout
 
 # Benchmarks (never part of `make test`): each compares with a baseline measured in the same run.
-bench: env controlplane
+bench: env controlplane gateway prometheus
 	$(BIN)/python bench/operator_scale.py
 	$(BIN)/python bench/data_gates.py
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/sft_throughput.py
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/eval_throughput.py
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE bash tests/gateway/netns.sh $(BIN)/python bench/rollout_latency.py
 
 # A real control plane in the foreground with the CRDs applied; prints the KUBECONFIG to export.
 cluster: env controlplane
