@@ -25,7 +25,6 @@ from finetune_api.serving import (
     ServeStorage,
     Variant,
 )
-from finetune_api.trainer_config import ENV_ACCESS_KEY_ID, ENV_SECRET_ACCESS_KEY
 from finetune_api.v1alpha1 import ModelDeployment
 from finetune_api.v1alpha1.modeldeployment import ServedModel
 from finetune_operator.builders.names import (
@@ -34,6 +33,7 @@ from finetune_operator.builders.names import (
     MODEL_DIGEST_ANNOTATION,
     VARIANT_LABEL,
 )
+from finetune_operator.builders.workloads import storage_env
 from finetune_operator.settings import Settings
 
 Manifest = dict[str, Any]
@@ -147,19 +147,7 @@ def _env(mdep: ModelDeployment, variant: Variant) -> list[dict[str, Any]]:
         {"name": "TMPDIR", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    storage = mdep.spec.storage
-    if storage.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": storage.endpoint})
-    if storage.region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": storage.region})
-    secret = storage.credentials_secret_ref
-    if secret is not None:
-        for var, key in (
-            (ENV_ACCESS_KEY_ID, secret.access_key_id_key),
-            (ENV_SECRET_ACCESS_KEY, secret.secret_access_key_key),
-        ):
-            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}})
-    return env
+    return env + storage_env(mdep.spec.storage)
 
 
 def _resources(mdep: ModelDeployment) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from finetune_api.trainer_config import (
     ValidateContract,
 )
 from finetune_api.v1alpha1 import FineTuneJob
-from finetune_api.v1alpha1.common import Resources
+from finetune_api.v1alpha1.common import Resources, S3Storage
 from finetune_operator.builders.names import (
     ATTEMPT_LABEL,
     CONFIG,
@@ -77,7 +77,12 @@ def _env(job: FineTuneJob) -> list[dict[str, Any]]:
         {"name": "TMPDIR", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    storage = job.spec.storage
+    return env + storage_env(job.spec.storage)
+
+
+def storage_env(storage: S3Storage) -> list[dict[str, Any]]:
+    """How a pod reaches S3: endpoint and region, and the referenced Secret's keys as AWS_* variables."""
+    env: list[dict[str, Any]] = []
     if storage.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": storage.endpoint})
     if storage.region:
