@@ -30,7 +30,7 @@ from datetime import datetime
 from finetune_api.base import parse_duration
 from finetune_api.serving import DEFAULT_ANALYSIS
 from finetune_api.v1alpha1 import ModelDeployment
-from finetune_api.v1alpha1.modeldeployment import ROLLOUT_ACTIONS, AnalysisMetric
+from finetune_api.v1alpha1.modeldeployment import AnalysisMetric
 from finetune_api.v1alpha1.modeldeployment_status import (
     MAX_ANALYSES,
     AnalysisResult,
@@ -38,10 +38,10 @@ from finetune_api.v1alpha1.modeldeployment_status import (
     DeploymentReason,
     RolloutStage,
     VersionRef,
-    Weights,
 )
 from finetune_operator.builders import serving
 from finetune_operator.observed_deployment import DeploymentDecision, DeploymentObserved, PrometheusReads
+from finetune_operator.reconcile.rollout_actions import act_on_action, superseded
 from finetune_operator.reconcile.rollout_evidence import (
     analysis_queries,
     judge_check,
@@ -49,7 +49,6 @@ from finetune_operator.reconcile.rollout_evidence import (
     shadow_queries,
 )
 from finetune_operator.reconcile.rollout_step import (
-    WAIT_SECONDS,
     Step,
     conditions,
     desired,
@@ -57,6 +56,7 @@ from finetune_operator.reconcile.rollout_step import (
     links,
     requeue,
 )
+from finetune_operator.reconcile.rollout_transitions import enter_step, promote, roll_back
 from finetune_operator.settings import Settings
 
 Stage = RolloutStage
@@ -108,9 +108,9 @@ def reconcile_deployment(observed: DeploymentObserved, settings: Settings) -> De
         status.stable = VersionRef(uri=spec.model.uri, digest=spec.model.digest, since=step.now)
         status.spec_model_digest = spec.model.digest
         step.tell(DeploymentReason.SERVING, f"serving {spec.model.uri} ({spec.model.digest})")
-    _act_on_action(step)
-    if status.stage in (Stage.SHADOW, Stage.CANARY) and _superseded(step):
-        _roll_back(
+    act_on_action(step)
+    if status.stage in (Stage.SHADOW, Stage.CANARY) and superseded(step):
+        roll_back(
             step,
             DeploymentReason.SUPERSEDED,
             f"spec.model changed to {spec.model.digest} mid-rollout: that version goes next",
@@ -127,79 +127,6 @@ def reconcile_deployment(observed: DeploymentObserved, settings: Settings) -> De
     links(step)
     step.decision.requeue_after = requeue(step)
     return step.decision
-
-
-# --- manual actions ------------------------------------------------------------------------------
-
-
-def _act_on_action(step: Step) -> None:
-    observed, status = step.observed, step.status
-    action, by = observed.action, observed.action_by
-    paused = action == "pause" and observed.action_problem is None
-    was_paused = status.paused  # a resume written over a pause annotation ends that pause
-    if action is not None and observed.action_problem is not None:
-        step.condition(
-            DeploymentConditionType.PAUSED,
-            False,
-            DeploymentReason.ACTION_IGNORED,
-            f"{action} ignored: {observed.action_problem}",
-        )
-    if paused != status.paused:
-        status.paused = paused
-        if paused:
-            step.tell(DeploymentReason.PAUSED, "paused: no stage or step advances until resumed", by=by)
-        else:
-            step.tell(DeploymentReason.RESUMED, "resumed", by=by)
-    if action is None or observed.action_problem is not None or action == "pause":
-        return
-    step.decision.clear_action = True
-    active = Stage(status.stage).active
-    if action not in ROLLOUT_ACTIONS:
-        step.tell(
-            DeploymentReason.ACTION_IGNORED,
-            f"unknown action {action!r}: use one of {', '.join(ROLLOUT_ACTIONS)}",
-            warning=True,
-            by=by,
-        )
-    elif action == "resume":
-        if active and status.stage == Stage.CANARY and _current_step_is_pause(step):
-            step.tell(DeploymentReason.RESUMED, f"resumed at pause step {status.step}", by=by)
-            _enter_step(step, (status.step or 0) + 1)
-        elif not active or not was_paused:
-            step.tell(DeploymentReason.ACTION_IGNORED, "resume: nothing is paused", by=by)
-    elif not active or status.stage == Stage.PROMOTING:
-        step.tell(
-            DeploymentReason.ACTION_IGNORED,
-            f"{action}: no rollout to {action} now (stage {status.stage})",
-            by=by,
-        )
-    elif action == "abort":
-        _roll_back(step, DeploymentReason.ABORTED, f"aborted by {by}", by=by)
-    elif status.candidate is None or not step.ready("candidate", status.candidate.digest):
-        step.tell(
-            DeploymentReason.ACTION_IGNORED,
-            "promote: the candidate's servers are not ready; promoting now would send every request to them",
-            warning=True,
-            by=by,
-        )
-    else:  # promote
-        step.tell(
-            DeploymentReason.PROMOTED_BY_USER, f"promoted by {by}: remaining checks and steps skipped", by=by
-        )
-        _enter_promoting(step)
-
-
-def _superseded(step: Step) -> bool:
-    """spec.model names a version that is neither stable, the candidate, nor the one last acted on."""
-    status, wanted = step.status, step.mdep.spec.model.digest
-    current = {status.spec_model_digest, status.stable.digest if status.stable else None}
-    return wanted not in current and (status.candidate is None or wanted != status.candidate.digest)
-
-
-def _current_step_is_pause(step: Step) -> bool:
-    steps = step.mdep.spec.rollout.canary.steps
-    index = (step.status.step or 0) - 1
-    return 0 <= index < len(steps) and steps[index].pause
 
 
 # --- starting a rollout --------------------------------------------------------------------------
@@ -258,20 +185,20 @@ def _advance(step: Step) -> None:
     status = step.status
     assert status.candidate is not None
     if status.stage == Stage.PROMOTING:
-        _promote(step)
+        promote(step)
         return
     ready = step.ready("candidate", status.candidate.digest)
     if not ready and status.step_started_at is None:  # neither grading nor step 1 before it answers
         timeout = parse_duration(step.mdep.spec.rollout.candidate_ready_timeout)
         if step.elapsed(status.stage_started_at) > timeout:
-            _roll_back(
+            roll_back(
                 step,
                 DeploymentReason.CANDIDATE_NOT_READY,
                 f"the candidate's servers were not ready within {timeout}s",
             )
         return
     if status.stage == Stage.CANARY and status.step is None:
-        _enter_step(step, 1)
+        enter_step(step, 1)
     elif status.stage == Stage.SHADOW:
         _shadow(step)
     elif status.stage == Stage.CANARY:
@@ -291,7 +218,7 @@ def _shadow(step: Step) -> None:
         return
     if step.observed.shadow is None:  # Prometheus did not answer: wait, but not past the deadline
         if step.elapsed(status.step_started_at) > parse_duration(policy.max_duration):
-            _roll_back(
+            roll_back(
                 step,
                 DeploymentReason.SHADOW_INCONCLUSIVE,
                 f"no evidence within {policy.max_duration}: {step.observed.prometheus_error}",
@@ -304,7 +231,7 @@ def _shadow(step: Step) -> None:
     status.shadow = results
     failed = [r for r in results if r.passed is False]
     if failed:
-        _roll_back(
+        roll_back(
             step,
             DeploymentReason.SHADOW_FAILED,
             "shadow check failed: " + "; ".join(r.message or "" for r in failed),
@@ -317,32 +244,15 @@ def _shadow(step: Step) -> None:
             "shadow checks passed: " + "; ".join(r.message or "" for r in results),
         )
         step.stage(Stage.CANARY)
-        _enter_step(step, 1)
+        enter_step(step, 1)
     elif step.elapsed(status.step_started_at) > parse_duration(policy.max_duration):
         samples = min((r.samples for r in results), default=0)
-        _roll_back(
+        roll_back(
             step,
             DeploymentReason.SHADOW_INCONCLUSIVE,
             f"too little evidence within {policy.max_duration}: {samples} graded samples, "
             f"{policy.min_samples} needed and every check shown to meet its threshold",
         )
-
-
-def _enter_step(step: Step, number: int) -> None:
-    """Canary step `number` (1-based), or Promoting after the last."""
-    status = step.status
-    steps = step.mdep.spec.rollout.canary.steps
-    if number > len(steps):
-        _enter_promoting(step)
-        return
-    status.step, status.steps, status.step_started_at = number, len(steps), step.now
-    wanted = steps[number - 1]
-    if wanted.weight is not None:
-        status.weights = Weights(stable=100 - wanted.weight, candidate=wanted.weight)
-    shadow = step.mdep.spec.rollout.shadow
-    status.mirror_percent = shadow.mirror_percent if shadow is not None else 0
-    what = "pause until resumed" if wanted.pause else f"weight {wanted.weight}% for {wanted.duration}"
-    step.tell(DeploymentReason.CANARY_STEP, f"canary step {number} of {len(steps)}: {what}")
 
 
 def _canary(step: Step) -> None:
@@ -369,7 +279,7 @@ def _canary(step: Step) -> None:
     if step.elapsed(status.step_started_at) >= parse_duration(current.duration) and _last_analysis_passed(
         step
     ):
-        _enter_step(step, (status.step or 0) + 1)
+        enter_step(step, (status.step or 0) + 1)
 
 
 def _record_analysis(step: Step) -> None:
@@ -436,7 +346,7 @@ def _check_failures(step: Step, message: str) -> None:
     status = step.status
     limit = step.mdep.spec.rollout.canary.analysis.failure_limit
     if status.failed_analyses > limit:
-        _roll_back(
+        roll_back(
             step,
             DeploymentReason.ANALYSIS_FAILED,
             f"analysis failed at canary step {status.step} ({status.failed_analyses} failed, "
@@ -451,52 +361,3 @@ def _last_analysis_passed(step: Step) -> bool:
         return False
     latest = [a for a in status.analyses if a.time == last]
     return bool(latest) and all(a.passed for a in latest)
-
-
-# --- promoting and rolling back ------------------------------------------------------------------
-
-
-def _enter_promoting(step: Step) -> None:
-    status = step.status
-    step.stage(Stage.PROMOTING)
-    status.weights = Weights(stable=0, candidate=100)
-    status.mirror_percent = 0
-    step.tell(
-        DeploymentReason.PROMOTING,
-        "promoting: the candidate serves every request while stable takes its version",
-    )
-
-
-def _promote(step: Step) -> None:
-    """Promoting, in three moves: all traffic to the candidate (entered with it), then the stable Deployment
-    on the candidate's version once the route carries that, then all traffic back to stable."""
-    status, observed = step.status, step.observed
-    assert status.candidate is not None
-    route = observed.route
-    if status.step != 1:  # step 1 marks the stable Deployment moved to the candidate's version
-        carried = route is not None and route.accepted and route.observed_generation >= route.generation
-        if carried and step.elapsed(status.stage_started_at) >= WAIT_SECONDS:
-            status.step = 1
-        return
-    if not step.ready("stable", status.candidate.digest):
-        return
-    promoted = status.candidate.model_copy(update={"since": step.now})
-    status.stable = promoted
-    status.weights = Weights()
-    status.mirror_percent = 0
-    step.tell(DeploymentReason.PROMOTED, f"promoted {promoted.digest}: stable serves it to every request")
-    step.stage(Stage.SUCCEEDED)
-    step.decision.delete.extend(serving.server_objects(step.mdep, "candidate"))
-    step.condition(
-        DeploymentConditionType.ROLLED_BACK, False, DeploymentReason.PROMOTED, f"promoted {promoted.digest}"
-    )
-
-
-def _roll_back(step: Step, reason: DeploymentReason, message: str, *, by: str | None = None) -> None:
-    status = step.status
-    status.weights = Weights()
-    status.mirror_percent = 0
-    step.tell(reason, f"rolled back: {message}", warning=True, by=by)
-    step.stage(Stage.ROLLED_BACK)
-    step.decision.delete.extend(serving.server_objects(step.mdep, "candidate"))
-    step.condition(DeploymentConditionType.ROLLED_BACK, True, reason, message)
