@@ -129,8 +129,8 @@ DEFAULT_ANALYSIS: tuple[AnalysisMetric, ...] = (
 
 
 def render_query(template: str, values: dict[str, str]) -> str:
-    """A template with its `{{ name }}` placeholders filled (unknown placeholders are left as they are, and
-    the query then fails to parse: Prometheus names the problem)."""
+    """A template with its `{{ name }}` placeholders filled. A placeholder with no value stays in the text, so
+    Prometheus refuses the query and its error names it."""
     out = template
     for key, value in values.items():
         out = out.replace(f"{{{{ {key} }}}}", value).replace(f"{{{{{key}}}}}", value)
