@@ -1,12 +1,14 @@
 """Building blocks shared by every API model: the base class and the schema annotations.
 
 This module owns how a Python field becomes a CRD schema node: camelCase names, CEL rules
-(`x-kubernetes-validations`), list-map keys, int-or-string quantities and `"auto"` scalars. It imports
+(`x-kubernetes-validations`), string formats with a readable message (`Pattern`), list-map keys,
+int-or-string quantities and `"auto"` scalars. It imports
 pydantic only and performs no I/O. The structural conversion of a whole model lives in `crd.py`.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -158,37 +160,115 @@ def list_map(key: str, attr: str | None = None) -> tuple[ListMapKeys, AfterValid
     return ListMapKeys((key,)), AfterValidator(_unique_by(attr or key, key))
 
 
+# --- string formats -------------------------------------------------------------------------------
+
+
+@functools.cache
+def _compiled(regex: str) -> re.Pattern[str]:
+    return re.compile(regex)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Annotation for a string format: a regular expression and the one readable description of it.
+
+    The API server's error for an OpenAPI `pattern` prints the regular expression and cannot carry a
+    message, so the schema gets no `pattern`: a CEL rule `self.matches(...)` with `message` checks the same
+    expression (RE2 and Python's `re` agree on these), and pydantic raises the same message, so the server
+    and `finetune validate` say the same thing. `message` completes "<field>: Invalid value: ...: ", so it
+    starts with "must". Pair it with a `max_length`: the server estimates a rule's cost from it.
+    `int_or_string` lets an integer through (the expression then judges strings only).
+    """
+
+    regex: str
+    message: str
+    int_or_string: bool = False
+
+    def __post_init__(self) -> None:
+        if "'" in self.regex or not self.regex.startswith("^") or not self.regex.endswith("$"):
+            raise ValueError(f"{self.regex}: an anchored expression without ' (it sits in a CEL r'' string)")
+
+    @property
+    def rule(self) -> Rule:
+        check = f"self.matches(r'{self.regex}')"
+        return Rule(f"type(self) != string || {check}" if self.int_or_string else check, self.message)
+
+    def matches(self, value: str) -> bool:
+        return _compiled(self.regex).search(value) is not None
+
+    def _check(self, value: Any) -> Any:
+        if isinstance(value, str) and not self.matches(value):
+            raise ValueError(self.message)
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, core_schema_: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(core_schema_)
+        target = handler.resolve_ref_schema(json_schema)
+        target.setdefault("x-kubernetes-validations", []).append(self.rule.to_schema())
+        return json_schema
+
+
+DNS_LABEL = Pattern(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit "
+    "(e.g. support-assistant)",
+)
+DNS_SUBDOMAIN = Pattern(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    "must be a DNS subdomain: lowercase letters, digits, '-' and '.', each dot-separated part starting "
+    "and ending with a letter or digit (e.g. team-a.example)",
+)
+PASCAL_CASE = Pattern(
+    r"^[A-Z][A-Za-z0-9]*$", "must be PascalCase: a capital letter, then letters and digits (e.g. GatePassed)"
+)
+SHA256 = Pattern(
+    r"^(sha256:)?[a-f0-9]{64}$",
+    "must be a SHA-256 digest: 64 lowercase hex digits, optionally after sha256: (e.g. sha256:3b2f...)",
+)
+IMAGE = Pattern(
+    r"^[^\s]+$", "must be a container image reference without spaces, e.g. ghcr.io/acme/trainer:1.4"
+)
+
 # --- scalar types ---------------------------------------------------------------------------------
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-PASCAL_CASE = r"^[A-Z][A-Za-z0-9]*$"
-SHA256 = r"^(sha256:)?[a-f0-9]{64}$"
-
-Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
-ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+Name = Annotated[str, Field(min_length=1, max_length=63), DNS_LABEL]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253), DNS_SUBDOMAIN]
 ShortText = Annotated[str, Field(max_length=256)]
 Text = Annotated[str, Field(max_length=4096)]
-Digest = Annotated[str, Field(max_length=71, pattern=SHA256)]
+Digest = Annotated[str, Field(max_length=71), SHA256]
+Image = Annotated[str, Field(min_length=1, max_length=512), IMAGE]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 # A model or dataset location: an S3 object or prefix, an absolute path on a volume mounted into the pod
 # (PVC, hostPath, image volume), or `builtin://` for what the trainer image ships (a small base model and
 # example datasets; `finetune_trainer.builtin`). Relative paths are refused: a pod has no meaningful
 # working dir.
-URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|/[^\s]*|builtin://[a-z0-9][a-z0-9._\-/]*)$"
+URI = Pattern(
+    r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|/[^\s]*|builtin://[a-z0-9][a-z0-9._\-/]*)$",
+    "must be s3://BUCKET/KEY (a bucket of 3-63 lowercase letters, digits, '.' or '-'), an absolute path "
+    "on a mounted volume (/data/...), or builtin://NAME; without spaces",
+)
 Uri = Annotated[
     str,
     Field(
         min_length=2,
         max_length=1024,
-        pattern=URI_PATTERN,
         description="s3://bucket/key, a path on a mounted volume, or builtin://NAME (in the trainer image).",
     ),
+    URI,
 ]
 
 # Kubernetes resource quantity ("8", "500m", "64Gi"); YAML integers are accepted as for core resources.
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+QUANTITY = Pattern(
+    r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
+    "must be a Kubernetes quantity: a number with an optional suffix, such as 8, 500m, 1.5 or 64Gi",
+    int_or_string=True,
+)
 
 
 def _quantity(value: Any) -> Any:
@@ -202,17 +282,21 @@ def _quantity(value: Any) -> Any:
 Quantity = Annotated[
     str,
     BeforeValidator(_quantity),
-    Field(max_length=64, pattern=QUANTITY_PATTERN),
+    Field(max_length=64),
     WithJsonSchema(
         {
+            "maxLength": 64,
             "x-kubernetes-int-or-string": True,
-            "pattern": QUANTITY_PATTERN,
             "description": "A Kubernetes quantity such as 8, 500m or 64Gi.",
         }
     ),
+    QUANTITY,
 ]
 
-DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+DURATION = Pattern(
+    r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$",
+    "must be a duration of hours, minutes and seconds in that order, such as 90m, 24h or 1h30m",
+)
 _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -224,7 +308,8 @@ def _check_duration(value: str) -> str:
 
 Duration = Annotated[
     str,
-    Field(max_length=32, pattern=DURATION_PATTERN, description="A duration such as 90m, 24h or 1h30m."),
+    Field(max_length=32, description="A duration such as 90m, 24h or 1h30m."),
+    DURATION,
     AfterValidator(_check_duration),
     rules(Rule("self.matches('[1-9]')", "must be a positive duration such as 90m, 24h or 1h30m")),
 ]

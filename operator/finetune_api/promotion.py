@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from finetune_api.base import ApiModel, ShortText
+from finetune_api.base import ApiModel, Pattern, ShortText
 
 MANIFEST = "MANIFEST.json"
 MODEL_CARD = "MODEL_CARD.md"
@@ -37,16 +36,16 @@ EVAL_REPORT_JSON = "eval/report.json"
 EVAL_REPORT_HTML = "eval/report.html"
 
 # One path segment: a version is a folder, never a path, and sorts and reads well ("v3", "2026-11-23-a1b2").
-VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-_VERSION_RE = re.compile(VERSION_PATTERN)
+VERSION = Pattern(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    "must be one path segment of letters, digits, '.', '_' or '-' (at most 128, starting with a letter "
+    "or digit)",
+)
 
 
 def check_version(version: str) -> str:
-    if not _VERSION_RE.fullmatch(version):
-        raise ValueError(
-            f"invalid version {version!r}: one path segment of letters, digits, '.', '_' or '-' "
-            "(at most 128, starting with a letter or digit)"
-        )
+    if not VERSION.matches(version):
+        raise ValueError(f"invalid version {version!r}: {VERSION.message}")
     return version
 
 
@@ -73,7 +72,7 @@ def manifest_key(version: str) -> str:
 def version_of(key: str) -> str | None:
     """The version of a `<version>/MANIFEST.json` key relative to the destination; None for any other."""
     version, _, name = key.partition("/")
-    if name != MANIFEST or not _VERSION_RE.fullmatch(version):
+    if name != MANIFEST or not VERSION.matches(version):
         return None
     return version
 
@@ -83,9 +82,10 @@ def digest_of(manifest_bytes: bytes) -> str:
     return "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
 
 
-Sha256Hex = Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")]
+SHA256_HEX = Pattern(r"^[a-f0-9]{64}$", "must be a SHA-256 digest: 64 lowercase hex digits")
+Sha256Hex = Annotated[str, Field(max_length=64), SHA256_HEX]
 RelativeKey = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(check_relative_key)]
-Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
+Version = Annotated[str, Field(max_length=128), VERSION]
 
 
 class ManifestObject(ApiModel):

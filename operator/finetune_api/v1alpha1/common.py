@@ -15,11 +15,31 @@ from finetune_api.base import (
     Digest,
     Name,
     ObjectName,
+    Pattern,
     Quantity,
     Rule,
     ShortText,
     Uri,
 )
+
+HTTP_URL = Pattern(
+    r"^https?://[^\s/]+(/[^\s]*)?$",
+    "must be an http:// or https:// URL with a host, e.g. http://host:8080/path",
+)
+HttpUrl = Annotated[str, Field(max_length=512), HTTP_URL]
+BUCKET = Pattern(
+    r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$",
+    "must be an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-', starting and ending with a "
+    "letter or digit",
+)
+KEY_PREFIX = Pattern(
+    r"^([^/\s][^\s]*/)?$",
+    "must be empty or a key prefix ending in '/', not starting with '/', without spaces (e.g. finetune/)",
+)
+EXTENDED_RESOURCE = Pattern(
+    r"^[a-z0-9.\-]+/[a-z0-9.\-_]+$", "must be an extended resource name DOMAIN/NAME, e.g. nvidia.com/gpu"
+)
+ExtendedResourceName = Annotated[str, Field(max_length=253), EXTENDED_RESOURCE]
 
 
 class ObjectMeta(ApiModel):
@@ -90,12 +110,12 @@ class SecretKeys(ApiModel):
 class S3Storage(ApiModel):
     """Object storage for staging checkpoints, reports and promoted models."""
 
-    endpoint: Annotated[str, Field(max_length=512, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] | None = Field(
+    endpoint: HttpUrl | None = Field(
         default=None, description="S3 API endpoint, e.g. http://seaweedfs.storage:8333; AWS when unset."
     )
     region: ShortText | None = None
-    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")]
-    prefix: Annotated[str, Field(max_length=512, pattern=r"^([^/\s][^\s]*/)?$")] = Field(
+    bucket: Annotated[str, Field(min_length=3, max_length=63), BUCKET]
+    prefix: Annotated[str, Field(max_length=512), KEY_PREFIX] = Field(
         default="finetune/",
         description="Staging prefix inside the bucket; runs go under <prefix><namespace>/<name>/.",
     )
@@ -139,9 +159,7 @@ class Resources(ApiModel):
 
     gpus_per_node: Annotated[int, Field(ge=0, le=16)] = 1
     nodes: Annotated[int, Field(ge=1, le=64)] = 1
-    gpu_resource_name: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9.\-]+/[a-z0-9.\-_]+$")] = (
-        "nvidia.com/gpu"
-    )
+    gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     cpu: Quantity | None = None
     memory: Quantity | None = None
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
@@ -149,7 +167,7 @@ class Resources(ApiModel):
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     affinity: Affinity | None = None
-    priority_class_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
+    priority_class_name: Annotated[str, Field(max_length=253), DNS_SUBDOMAIN] | None = None
     queue_name: Name | None = Field(
         default=None, description="Kueue LocalQueue; the workload is created suspended for Kueue to admit."
     )

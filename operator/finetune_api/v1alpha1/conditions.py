@@ -113,7 +113,7 @@ class Condition(ApiModel):
 
     type: Annotated[str, Field(min_length=1, max_length=316)]
     status: ConditionStatus
-    reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=PASCAL_CASE)]
+    reason: Annotated[str, Field(min_length=1, max_length=1024), PASCAL_CASE]
     message: Annotated[str, Field(max_length=32768)] = ""
     last_transition_time: datetime
     observed_generation: Annotated[int, Field(ge=0)] | None = None

@@ -18,6 +18,7 @@ from finetune_api.base import (
     ApiModel,
     CrdNames,
     Duration,
+    Image,
     Name,
     PrinterColumn,
     Rule,
@@ -178,7 +179,7 @@ class Approvers(ApiModel):
 class EvaluationRuntime(ApiModel):
     resources: Resources = Field(default_factory=Resources)
     timeout: Duration = "2h"
-    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")] | None = None
+    image: Image | None = None
 
 
 class EvalGateSpec(ApiModel):

@@ -19,6 +19,7 @@ from finetune_api.base import (
     CrdNames,
     Duration,
     Fraction,
+    Image,
     Name,
     PrinterColumn,
     Rule,
@@ -274,7 +275,7 @@ class FineTuneJobSpec(ApiModel):
     checkpointing: Checkpointing = Field(default_factory=Checkpointing)
     resources: Resources = Field(default_factory=Resources)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
-    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")] | None = Field(
+    image: Image | None = Field(
         default=None, description="Trainer image override; the operator's configured image when unset."
     )
     service_account_name: Name | None = None

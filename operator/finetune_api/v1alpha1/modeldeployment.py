@@ -40,14 +40,23 @@ from finetune_api.base import (
     CrdNames,
     Digest,
     Duration,
+    Image,
     Name,
+    Pattern,
     PrinterColumn,
     Quantity,
     Rule,
     Uri,
     list_map,
 )
-from finetune_api.v1alpha1.common import ObjectMeta, S3Storage, Threshold, Toleration
+from finetune_api.v1alpha1.common import (
+    ExtendedResourceName,
+    HttpUrl,
+    ObjectMeta,
+    S3Storage,
+    Threshold,
+    Toleration,
+)
 from finetune_api.v1alpha1.graders import Grader
 from finetune_api.v1alpha1.modeldeployment_status import *  # noqa: F403 - re-exports its __all__
 from finetune_api.v1alpha1.modeldeployment_status import ModelDeploymentStatus
@@ -60,7 +69,12 @@ ROLLOUT_ANNOTATIONS = (ROLLOUT_ACTION_ANNOTATION, ROLLOUT_ACTION_BY_ANNOTATION)
 RolloutAction = Literal["pause", "resume", "abort", "promote"]
 ROLLOUT_ACTIONS: tuple[RolloutAction, ...] = ("pause", "resume", "abort", "promote")
 
-HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HOSTNAME = Pattern(
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    "must be a hostname of lowercase letters, digits, '-' and '.', optionally starting with *. for a "
+    "wildcard (e.g. chat.example.com or *.example.com)",
+)
+PATH_PREFIX = Pattern(r"^/[^\s]*$", "must be a URL path starting with '/', without spaces (e.g. /v1)")
 
 
 class ServedModel(ApiModel):
@@ -75,9 +89,7 @@ class ServingResources(ApiModel):
     """What each model server pod asks the scheduler for."""
 
     gpus: Annotated[int, Field(ge=0, le=16)] = 0
-    gpu_resource_name: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9.\-]+/[a-z0-9.\-_]+$")] = (
-        "nvidia.com/gpu"
-    )
+    gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     cpu: Quantity | None = None
     memory: Quantity | None = None
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
@@ -90,7 +102,7 @@ class ServingTemplate(ApiModel):
     """The model server: `python -m finetune_trainer serve` in the trainer image unless `image` says
     otherwise (an image with the same entry point)."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")] | None = Field(
+    image: Image | None = Field(
         default=None, description="Model server image; the operator's configured trainer image when unset."
     )
     replicas: Annotated[int, Field(ge=1, le=100)] = 1
@@ -116,14 +128,14 @@ class ParentReference(ApiModel):
 
 class GatewayRoute(ApiModel):
     parent_refs: Annotated[list[ParentReference], Field(min_length=1, max_length=32)]
-    hostnames: Annotated[
-        list[Annotated[str, Field(max_length=253, pattern=HOSTNAME_PATTERN)]], Field(max_length=16)
-    ] = Field(default_factory=list)
-    path_prefix: Annotated[str, Field(max_length=1024, pattern=r"^/[^\s]*$")] = "/"
+    hostnames: Annotated[list[Annotated[str, Field(max_length=253), HOSTNAME]], Field(max_length=16)] = Field(
+        default_factory=list
+    )
+    path_prefix: Annotated[str, Field(max_length=1024), PATH_PREFIX] = "/"
 
 
 class PrometheusSource(ApiModel):
-    address: Annotated[str, Field(max_length=512, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] = Field(
+    address: HttpUrl = Field(
         description="Prometheus HTTP API base URL, e.g. http://prometheus-operated.monitoring:9090."
     )
 
