@@ -35,6 +35,7 @@ class InvalidCase:
     name: str
     manifest: dict[str, Any]
     expect: str
+    expect_message: str | None = None
 
 
 def example(name: str) -> dict[str, Any]:
@@ -49,7 +50,9 @@ def example_documents() -> list[dict[str, Any]]:
 
 def invalid_cases() -> list[InvalidCase]:
     return [
-        InvalidCase(c["name"], merge_patch(example(c["base"]), c["patch"]), c["expect"])
+        InvalidCase(
+            c["name"], merge_patch(example(c["base"]), c["patch"]), c["expect"], c.get("expect_message")
+        )
         for c in yaml.safe_load(CORPUS.read_text())
     ]
 

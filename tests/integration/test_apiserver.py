@@ -60,9 +60,16 @@ def test_invalid_manifest_is_rejected_by_the_server_naming_the_field(
     )
     assert result.returncode != 0, f"{case.name} was accepted by the API server"
     assert same_paths(case.expect) in same_paths(result.stderr), result.stderr
-    # `finetune validate` refuses it too, naming the same field
+    # a broken format reads as its description on the field's own line, never as a regular expression
+    if case.expect_message:
+        lines = same_paths(result.stderr).splitlines()
+        assert any(same_paths(case.expect) in line and case.expect_message in line for line in lines), lines
+    assert "should match" not in result.stderr
+    # `finetune validate` refuses it too, naming the same field (and, for a format, printing the same text)
     _, _, problems = validate_document(case.manifest)
     assert any(case.expect in str(p) for p in problems)
+    if case.expect_message:
+        assert f"{case.expect}: {case.expect_message}" in [str(p) for p in problems]
 
 
 FTJ = ("finetune.dev", "v1alpha1", "default", "finetunejobs")

@@ -65,6 +65,9 @@ def test_invalid_manifest_is_rejected_naming_the_field(case) -> None:
     lines = [str(p) for p in problems]
     assert lines, f"{case.name} was accepted"
     assert any(case.expect in line for line in lines), f"no problem names {case.expect}: {lines}"
+    if case.expect_message:
+        assert f"{case.expect}: {case.expect_message}" in lines
+    assert not any("should match" in line for line in lines), "a format error prints its regular expression"
 
 
 def test_cli_prints_every_problem_with_file_and_path_and_exits_1(tmp_path: Path) -> None:
