@@ -1,4 +1,4 @@
-"""Offline validation of FineTuneJob and EvalGate manifests, as the API server would judge them.
+"""Offline validation of FineTuneJob, EvalGate and ModelDeployment manifests, as the server judges them.
 
 Three checks, each reported by field path:
 1. the pydantic models (types, ranges, required fields, unknown fields);

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import yaml
 
+from finetune_api.base import PASCAL_CASE
 from finetune_cli.validate import validate_document
 from helpers.kube import Cluster
 from helpers.support import EXAMPLES, example, example_documents, invalid_cases, merge_patch
@@ -151,6 +152,17 @@ def test_status_outside_the_schema_is_refused(cluster: Cluster) -> None:
     refused = patch(cluster, "bad-status", {"status": {"phase": "Exploded"}}, status=True)
     assert refused.returncode != 0
     assert "status.phase: Unsupported value" in refused.stderr
+    condition = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "gate passed",
+        "lastTransitionTime": "2026-11-23T10:00:00Z",
+    }
+    refused = patch(cluster, "bad-status", {"status": {"conditions": [condition]}}, status=True)
+    assert refused.returncode != 0
+    assert (
+        f'status.conditions[0].reason: Invalid value: "gate passed": {PASCAL_CASE.message}' in refused.stderr
+    )
 
 
 def test_evalgate_columns_and_category(cluster: Cluster) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,8 +11,12 @@ from typing import Any
 import celpy
 import pytest
 import yaml
+from pydantic import BaseModel, ValidationError
 
+from finetune_api.base import PASCAL_CASE
 from finetune_api.crd import all_crds, render
+from finetune_api.promotion import SHA256_HEX, VERSION, ManifestObject, check_version
+from finetune_api.v1alpha1.conditions import Condition
 from helpers.support import CRDS, ROOT
 
 CHART_CRDS = ROOT / "helm" / "finetune-operator" / "files" / "crds"
@@ -191,3 +196,43 @@ def test_every_cel_rule_compiles_and_has_a_message() -> None:
     for name, path, rule in rules:
         env.compile(rule["rule"])
         assert rule["message"].strip(), f"{name}{path}: rule without message"
+
+
+def test_string_formats_are_cel_rules_with_a_description_not_patterns() -> None:
+    """The server's error for an OpenAPI `pattern` prints the regular expression; a rule, its message."""
+    formats = 0
+    for name, path, rule in all_rules():
+        if "self.matches(r'" in rule["rule"]:
+            formats += 1
+            assert rule["message"].startswith("must "), f"{name}{path}: {rule['message']}"
+            assert "[" not in rule["message"], f"{name}{path}: the message quotes an expression"
+    assert formats > 50
+    for name in CRD_FILES:
+        for path, node in nodes(root_schema(load(name))):
+            assert "pattern" not in node, f"{name}{path}: pattern {node['pattern']} (use base.Pattern)"
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        (
+            Condition,
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "gate passed",
+                "lastTransitionTime": "2026-11-23T10:00:00Z",
+            },
+            PASCAL_CASE.message,
+        ),
+        (ManifestObject, {"key": "a.bin", "size": 1, "sha256": "XYZ"}, SHA256_HEX.message),
+    ],
+)
+def test_formats_outside_the_manifest_corpus_say_what_they_accept(
+    model: type[BaseModel], data: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError) as err:
+        model.model_validate(data)
+    assert [e["msg"] for e in err.value.errors()] == [f"Value error, {message}"]
+    with pytest.raises(ValueError, match=re.escape(VERSION.message)):
+        check_version("../v1")
