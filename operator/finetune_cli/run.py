@@ -16,7 +16,14 @@ checked as the API server would check it, then:
 
 The run id is the plan's: running an unchanged manifest again resumes (or finds the run complete); any
 change starts a new run. `--fresh` starts over. Exit codes: 0 done (or waiting for an approval that was
-not given), 1 an error, 3 the gate rejected the candidate.
+not given), 1 an error, 3 the gate rejected the candidate, 130 / 143 stopped by SIGINT / SIGTERM: the
+trainer is stopped with the same signal (`train` saves a checkpoint at the end of its step first, so the
+next run resumes from it) and nothing of it is left running (`local`).
+
+Storage: `storage.endpoint`, `region` and `forcePathStyle` reach every trainer command through its
+contract, so s3:// datasets, base models and EvalGate suites are read from that endpoint. Credentials come
+from this shell's environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or boto3's other sources): no
+API server here can read `credentialsSecretRef`'s Secret.
 """
 
 from __future__ import annotations
@@ -165,13 +172,19 @@ def main(
     print(f"{job.metadata.name}: {job.spec.method} ({job.spec.adapter.type}) of {job.spec.base_model.uri}")
     print(f"run {plan.run_id}, staging {staging}, log {run.log}")
     try:
-        contract = _validate(run)
-        if contract is None or not _train(run, contract, started):
-            return 1
-        code = 0 if gate is None else _gate(run, contract, gate, approve=approve)
+        with local.stopping_on_signals():
+            contract = _validate(run)
+            if contract is None or not _train(run, contract, started):
+                return 1
+            code = 0 if gate is None else _gate(run, contract, gate, approve=approve)
     except PermanentError as err:
         print(f"{err.reason}: {err.message}", file=sys.stderr)
         return 1
+    except local.StopSignalError as stop:
+        saved = run.markers()
+        where = f"step {saved[-1].step} is saved; " if saved else ""
+        print(f"\nstopped by {stop}: {where}run the same command again to resume", file=sys.stderr)
+        return stop.exit_code
     shutil.rmtree(run.scratch, ignore_errors=True)
     return code
 

@@ -6,7 +6,8 @@ Sequence (each step fails with a message that says what to change, exit 1):
 2. resolve the base model (`models.materialize`), pick the method module, add the callbacks: progress
    (`progress.json` + Prometheus), staging checkpoints (marker last), save at the last step, early stopping;
 3. resume from the newest complete checkpoint under the staging prefix (same run id = same prefix);
-4. train; exit 0 only when the run is complete (its last step, or an early stop, saved as a checkpoint).
+4. train; exit 0 only when the run is complete (its last step, or an early stop, saved as a checkpoint);
+   on SIGTERM or SIGINT, save at the end of the step and exit 128 + signal (`stopping`).
 
 Single process on CPU, or under torchrun (WORLD_SIZE/RANK/LOCAL_RANK from the environment) on GPUs; only
 rank 0 writes to storage.
@@ -28,6 +29,7 @@ from finetune_trainer.data import gates
 from finetune_trainer.methods import Run
 from finetune_trainer.models import ModelError, materialize
 from finetune_trainer.progress import Metrics, ProgressReporter
+from finetune_trainer.stopping import StopOnSignal
 from finetune_trainer.storage import StorageError, Store
 
 METHODS = {
@@ -86,6 +88,7 @@ def prepare(config: TrainContract, store: Store, scratch: Path) -> tuple[Run, di
 
 
 def main(config: TrainContract, workdir_path: Path | None = None) -> int:
+    stop = StopOnSignal()  # SIGTERM/SIGINT: save at the end of the step and exit 128 + signal
     store = Store.for_target(config.storage)
     staging = config.layout
     scratch = workdir(workdir_path)
@@ -102,6 +105,7 @@ def main(config: TrainContract, workdir_path: Path | None = None) -> int:
             ProgressReporter(store, staging.progress, metrics, config.hyperparameters.max_seq_length),
             StagingCheckpoints(store, staging, keep_last=keep, provenance=provenance),
             SaveAtEnd(),
+            stop,
         ]
         early = config.early_stopping
         if early is not None and run.eval_rows:
@@ -123,5 +127,8 @@ def main(config: TrainContract, workdir_path: Path | None = None) -> int:
     except (TrainError, ModelError, StorageError, ValueError) as err:
         print(f"train failed: {err}", file=sys.stderr)
         return 1
+    if stop.exit_code is not None:
+        print(f"training stopped at step {trainer.state.global_step}, saved to resume", flush=True)
+        return stop.exit_code
     print(f"training complete at step {trainer.state.global_step}", flush=True)
     return 0
