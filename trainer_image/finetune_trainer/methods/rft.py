@@ -32,7 +32,7 @@ from finetune_trainer import lm_head
 from finetune_trainer.data.rows import Row
 from finetune_trainer.graders import Compiled, compile_grader, sample_from_text
 from finetune_trainer.methods import Run, plain_messages
-from finetune_trainer.models import load_kwargs, peft_config
+from finetune_trainer.models import load_kwargs, peft_config, prepare_quantized
 
 log = logging.getLogger(__name__)
 ITEM_COLUMN = "item_json"  # the row as JSON: Arrow cannot hold arbitrary per-row reference fields
@@ -103,6 +103,7 @@ def build(run: Run) -> GRPOTrainer:
     model = AutoModelForCausalLM.from_pretrained(
         run.model_dir, **load_kwargs(run.config.adapter, gpu=run.gpu)
     )
+    model = prepare_quantized(model, run.config.adapter, activation_checkpointing=False)
     grader = compile_grader(settings.grader, scratch=run.output_dir.parent / "grader")
     generations = settings.generations_per_prompt
     common = run.common_args()

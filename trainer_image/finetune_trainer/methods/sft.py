@@ -20,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 from finetune_trainer import attention, lm_head
 from finetune_trainer.data.rows import Row
 from finetune_trainer.methods import Run, plain_messages
-from finetune_trainer.models import load_kwargs, peft_config
+from finetune_trainer.models import load_kwargs, peft_config, prepare_quantized
 
 
 class TemplateError(ValueError):
@@ -73,8 +73,12 @@ def build(run: Run) -> SFTTrainer:
     if packing:
         kwargs["attn_implementation"] = attention.padding_free(gpu=run.gpu)
     model = AutoModelForCausalLM.from_pretrained(run.model_dir, **kwargs)
+    common = run.common_args()
+    model = prepare_quantized(
+        model, run.config.adapter, activation_checkpointing=common["activation_checkpointing"]
+    )
     args = SFTConfig(
-        **run.common_args(),
+        **common,
         max_length=run.hp.max_seq_length,
         packing=packing,
         padding_free=packing,
