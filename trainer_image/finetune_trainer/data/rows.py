@@ -41,8 +41,8 @@ class Row:
     images: tuple[str, ...] = ()
     synthetic: bool = False
     adversarial: bool = False
-    # what makes the row itself, for duplicate and leakage checks: without system/developer prompts, which
-    # datasets share across rows and would make every row a near-duplicate of every other
+    # what makes the row itself, for duplicate and leakage checks: the turns' contents without role labels
+    # and without system/developer prompts, which datasets share across rows
     own_text: str | None = None
 
     @property
@@ -129,14 +129,14 @@ def parse(fmt: DatasetFormat, line: int, data: dict[str, Any]) -> Row:
         texts, images = _messages(data.get("messages"), "messages", need_assistant=fmt != DatasetFormat.RFT)
         if fmt == DatasetFormat.VISION_CHAT and not images:
             raise RowError("messages", "a vision_chat row needs at least one image_url content part")
+        own = [*_contents(texts), *map(image_identity, images)]
         if fmt == DatasetFormat.RFT:
-            texts += [
+            fields = [
                 f"{k}={json.dumps(v)}" for k, v in sorted(data.items()) if k not in ("messages", "metadata")
             ]
-        own = "\n".join(
-            [*(t for t in texts if not t.startswith(SHARED_PROMPTS)), *map(image_identity, images)]
-        )
-        return Row(line, data, "\n".join(texts), tuple(images), **flags, own_text=own)
+            texts += fields
+            own += fields
+        return Row(line, data, "\n".join(texts), tuple(images), **flags, own_text="\n".join(own))
     if fmt == DatasetFormat.PROMPT_COMPLETION:
         prompt, completion = _string(data, "prompt", empty=True), _string(data, "completion")
         return Row(line, data, f"{prompt}\n{completion}", **flags)
@@ -148,8 +148,8 @@ def parse(fmt: DatasetFormat, line: int, data: dict[str, Any]) -> Row:
         chosen, _ = _messages(data.get("preferred_output"), "preferred_output", need_assistant=True)
         rejected, _ = _messages(data.get("non_preferred_output"), "non_preferred_output", need_assistant=True)
         outputs = ["<chosen>", *chosen, "<rejected>", *rejected]
-        context = [t for t in texts if not t.startswith(SHARED_PROMPTS)]
-        return Row(line, data, "\n".join(texts + outputs), **flags, own_text="\n".join(context + outputs))
+        own = [*_contents(texts), "<chosen>", *_contents(chosen), "<rejected>", *_contents(rejected)]
+        return Row(line, data, "\n".join(texts + outputs), **flags, own_text="\n".join(own))
     if fmt == DatasetFormat.IMAGE_LABEL:
         image, label = _string(data, "image"), _string(data, "label")
         _image_uri(image, "image")
@@ -163,6 +163,12 @@ def image_identity(uri: str) -> str:
     if uri.startswith("data:"):
         return "image:sha256:" + hashlib.sha256(uri.encode()).hexdigest()[:32]
     return f"image:{uri}"
+
+
+def _contents(texts: list[str]) -> list[str]:
+    """The turns' contents without their role labels, shared prompts (system, developer) left out: what
+    tells a row from the others for the duplicate and leakage gates."""
+    return [t.partition(": ")[2] for t in texts if not t.startswith(SHARED_PROMPTS)]
 
 
 def preference_parts(row: Row) -> tuple[str, str, str]:

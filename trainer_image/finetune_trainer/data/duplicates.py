@@ -1,0 +1,446 @@
+"""Exact and near duplicates among rows: what the duplicate and leakage gates count.
+
+A row is read as its words: the lower-cased `\\w+` tokens of its own text (the turns' contents without
+role labels; shared system prompts are left out by `rows.py`). Two rows are **exact** duplicates when
+their words are the same (so case, punctuation and whitespace never tell rows apart).
+
+**Framing.** Words and word 3-grams that occur in many rows (in at least `FRAMING_SHARE` of them and at
+least `FRAMING_MIN_ROWS`: an instruction template, a fixed closing line, the commonest words) say nothing
+about which row is which, so near-duplicate checks set them aside and compare what is left, a row's
+*content*. Rows that only share a template therefore stay distinct. A row left with fewer than
+`MIN_CONTENT_WORDS` content words is compared whole (otherwise many near copies of one row, whose shared
+words all look like framing, would pass as distinct). Framing is estimated on up to `FRAMING_SAMPLE` rows
+spread evenly over the training split.
+
+**Near duplicates.** Row b is a near duplicate of an earlier row a when any of these holds, on content:
+- the Jaccard similarity of their word 3-gram sets is at least `NEAR_JACCARD` (small edits in longer rows;
+  a reordered sentence changes only the 3-grams across its edges);
+- both rows have at most `SHORT_WORDS` words and the Jaccard similarity of their word sets is at least
+  `SHORT_JACCARD` (one changed, inserted or deleted word in a 10-word row changes a third of its 3-grams but
+  one word of its set);
+- one row's 3-grams are at least `CONTAINED` contained in the other's, the contained row has at least
+  `MIN_CONTAINED` content 3-grams and the other is at most `MAX_GROWTH` times as long (a sentence appended
+  or cut off).
+
+**Candidates.** Comparing every pair is quadratic; MinHash LSH proposes the pairs instead (20 bands of 3
+rows over content 3-grams, and the same over content words for short rows; a pair of similarity 0.5 is
+proposed with odds 0.93, 0.7 with 0.9998), and the rules above decide, the earliest row that passes being
+the match. Words are 64-bit blake2b hashes (the same in every process), 3-grams mixes of three of them; the
+sketches of a batch of rows are computed at once with numpy. At most `MAX_CHECKS` candidates are checked
+per row.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import multiprocessing
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+FRAMING_SHARE = 0.001
+FRAMING_MIN_ROWS = 10
+FRAMING_SAMPLE = 50_000
+MIN_CONTENT_WORDS = 3
+COMMON_WORD_SHARE = 0.02
+NEAR_JACCARD = 0.7
+SHORT_WORDS = 60
+SHORT_JACCARD = 0.6
+CONTAINED = 0.9
+MIN_CONTAINED = 4
+MAX_GROWTH = 2.5
+BANDS, BAND_ROWS = 20, 3
+MAX_CHECKS = 100
+PARALLEL_ROWS = 100_000
+MAX_PROCESSES = 8
+SHINGLE = 3
+
+TOKEN = re.compile(r"\w+")
+# every ASCII character that is not a word character (as `\\w` reads it) becomes a space
+_ASCII_WORDS = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")}
+_SEPARATOR = "\x01"
+_BATCH_WORDS = _ASCII_WORDS | {ord(_SEPARATOR): _SEPARATOR}
+
+Match = tuple[str, int]  # ("exact" | "near", index of the earlier row matched)
+
+
+def normalise(text: str) -> str:
+    return " ".join(words(text))
+
+
+def words(text: str) -> list[str]:
+    lowered = text.lower()
+    if lowered.isascii():
+        return lowered.translate(_ASCII_WORDS).split()
+    return TOKEN.findall(lowered)
+
+
+def _batch_words(texts: Sequence[str]) -> list[list[str]]:
+    """`words` of each text, tokenising a batch as one string where it is ASCII (a fraction of the cost)."""
+    joined = _SEPARATOR.join(t.replace(_SEPARATOR, " ") for t in texts).lower()
+    if not joined.isascii():
+        return [words(t) for t in texts]
+    return [row.split() for row in joined.translate(_BATCH_WORDS).split(_SEPARATOR)]
+
+
+class WordIds(dict[str, int]):
+    """A 64-bit id per word (blake2b, so the same in every process), computed once per word."""
+
+    def __missing__(self, word: str) -> int:
+        value = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little") | 1
+        self[word] = value
+        return value
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: a bijection of uint64 that spreads every input bit over the output."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return np.asarray(x ^ (x >> np.uint64(31)))
+
+
+def _weights(count: int) -> np.ndarray:
+    return _mix(np.arange(1, count + 1, dtype=np.uint64)) | np.uint64(1)
+
+
+@functools.cache
+def _permutations() -> tuple[np.ndarray, np.ndarray]:
+    """Affine permutations of 32-bit values (odd multipliers, seeded), one per MinHash row of a band."""
+    rng = np.random.default_rng(1)
+    count = BANDS * BAND_ROWS
+    a = rng.integers(1, 2**32, size=count, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+    b = rng.integers(0, 2**32, size=count, dtype=np.uint64).astype(np.uint32)
+    return a[:, None], b[:, None]
+
+
+def _shingles(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Word 3-gram hashes of rows whose word ids lie one row after another in `ids` (`counts` a row), and
+    how many each row has (a row of fewer than three words is one 3-gram, its words padded with 0)."""
+    padded = np.maximum(counts, SHINGLE)
+    grams = padded - SHINGLE + 1
+    starts, padded_starts, gram_starts = (_starts(c) for c in (counts, padded, grams))
+    words_at = np.zeros(int(padded.sum()), dtype=np.uint64)
+    words_at[np.arange(len(ids)) + np.repeat(padded_starts - starts, counts)] = ids
+    at = np.arange(int(grams.sum())) + np.repeat(padded_starts - gram_starts, grams)
+    weights = _weights(SHINGLE)
+    combined = words_at[at] * weights[0]
+    for k in range(1, SHINGLE):
+        combined += words_at[at + k] * weights[k]
+    return _mix(combined), grams
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    starts = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    return starts
+
+
+def _band_keys(features: np.ndarray, counts: np.ndarray, salt: int, first: int) -> np.ndarray:
+    """(BANDS, rows) keys: rows share a key in a band when their MinHash values agree there. A row with no
+    features gets keys of its own (from its index, `first` that of the first row)."""
+    a, b = _permutations()
+    rows = len(counts)
+    keys = np.empty((BANDS, rows), dtype=np.uint64)
+    empty = counts == 0
+    if features.size:
+        hashed = (features >> np.uint64(32)).astype(np.uint32)
+        permuted = a * hashed[None, :]
+        permuted += b
+        starts = _starts(counts)
+        filled = np.flatnonzero(~empty)
+        minhash = np.minimum.reduceat(permuted, starts[filled], axis=1).astype(np.uint64)
+        banded = minhash.reshape(BANDS, BAND_ROWS, len(filled))
+        weights = _weights(BAND_ROWS)
+        combined = banded[:, 0, :] * weights[0]
+        for k in range(1, BAND_ROWS):
+            combined += banded[:, k, :] * weights[k]
+        keys[:, filled] = _mix(combined ^ np.uint64(salt))
+    if empty.any():
+        lonely = (np.flatnonzero(empty) + first).astype(np.uint64) << np.uint64(16)
+        band = np.arange(BANDS, dtype=np.uint64)[:, None] << np.uint64(8)
+        keys[:, empty] = _mix(lonely[None, :] ^ band ^ np.uint64(salt) ^ np.uint64(1 << 63))
+    return keys
+
+
+@dataclass
+class _Batch:
+    """Rows tokenised: their word ids one row after another (`counts` a row), their word 3-grams
+    (`gram_counts` a row) and the sha256 of each row's words."""
+
+    ids: np.ndarray
+    counts: np.ndarray
+    grams: np.ndarray
+    gram_counts: np.ndarray
+    digests: list[bytes]
+
+    @staticmethod
+    def of(texts: Sequence[str], vocabulary: WordIds) -> _Batch:
+        tokenised = _batch_words(texts)
+        counts = np.fromiter(map(len, tokenised), dtype=np.int64, count=len(tokenised))
+        digests = [hashlib.sha256(" ".join(t).encode()).digest() for t in tokenised]
+        flat = [w for tokens in tokenised for w in tokens]
+        ids = np.fromiter(map(vocabulary.__getitem__, flat), dtype=np.uint64, count=len(flat))
+        grams, gram_counts = _shingles(ids, counts)
+        return _Batch(ids, counts, grams, gram_counts, digests)
+
+    def content(self, framing: Framing) -> tuple[np.ndarray, np.ndarray]:
+        """(content words, content 3-grams) masks: the 3-grams that are not framing, and the words that are
+        not common and that no framing 3-gram covers."""
+        gram_content = ~_member(self.grams, framing.grams)
+        padded = np.maximum(self.counts, SHINGLE)
+        padded_starts = _starts(padded)
+        at = np.arange(len(self.grams)) + np.repeat(padded_starts - _starts(self.gram_counts), self.gram_counts)
+        covered = np.zeros(int(padded.sum()), dtype=bool)
+        for k in range(SHINGLE):
+            covered[at + k] |= ~gram_content
+        word_at = np.arange(len(self.ids)) + np.repeat(padded_starts - _starts(self.counts), self.counts)
+        return ~covered[word_at] & ~_member(self.ids, framing.words), gram_content
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Word 3-grams common enough to say nothing about which row is which, and the words common among
+    short rows (sorted ids)."""
+
+    grams: np.ndarray
+    words: np.ndarray
+
+    @staticmethod
+    def estimate(texts: Sequence[str], vocabulary: WordIds) -> Framing:
+        step = max(1, len(texts) // FRAMING_SAMPLE)
+        sample = texts[::step]
+        grams: list[np.ndarray] = []
+        words: list[np.ndarray] = []
+        short = 0
+        for at in range(0, len(sample), Sketches.BATCH):
+            batch = _Batch.of(sample[at : at + Sketches.BATCH], vocabulary)
+            grams.append(_once_a_row(batch.grams, batch.gram_counts, at))
+            is_short = np.repeat(batch.counts <= SHORT_WORDS, batch.counts)
+            words.append(_once_a_row(batch.ids[is_short], batch.counts[batch.counts <= SHORT_WORDS], at))
+            short += int((batch.counts <= SHORT_WORDS).sum())
+        return Framing(
+            _at_least(grams, max(FRAMING_MIN_ROWS, FRAMING_SHARE * len(sample))),
+            _at_least(words, max(FRAMING_MIN_ROWS, COMMON_WORD_SHARE * short)),
+        )
+
+
+def _once_a_row(values: np.ndarray, counts: np.ndarray, salt: int) -> np.ndarray:
+    """`values` (rows of `counts` consecutive entries) with each value once per row."""
+    row = np.repeat(np.arange(len(counts), dtype=np.uint64) + np.uint64(salt + 1), counts)
+    _, first = np.unique(values ^ _mix(row), return_index=True)
+    return values[first]
+
+
+def _at_least(values: list[np.ndarray], rows: float) -> np.ndarray:
+    """The values found in at least `rows` rows, sorted."""
+    if not values:
+        return np.zeros(0, dtype=np.uint64)
+    found, count = np.unique(np.concatenate(values), return_counts=True)
+    return np.asarray(found[count >= rows])
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    if not sorted_set.size:
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), sorted_set.size - 1)
+    return np.asarray(sorted_set[at] == values)
+
+
+@dataclass(frozen=True)
+class Content:
+    """What near-duplicate rules compare of one row."""
+
+    length: int  # words
+    words: frozenset[int]
+    grams: frozenset[int]
+
+
+def similar(a: Content, b: Content) -> bool:
+    """Whether rows with contents `a` and `b` are near duplicates (the module's rules)."""
+    shared = len(a.grams & b.grams)
+    union = len(a.grams) + len(b.grams) - shared
+    if union and shared / union >= NEAR_JACCARD:
+        return True
+    if max(a.length, b.length) <= SHORT_WORDS and min(len(a.words), len(b.words)) >= MIN_CONTENT_WORDS:
+        common = len(a.words & b.words)
+        if common / (len(a.words) + len(b.words) - common) >= SHORT_JACCARD:
+            return True
+    small, large = (a, b) if len(a.grams) <= len(b.grams) else (b, a)
+    return (
+        len(small.grams) >= MIN_CONTAINED
+        and shared >= CONTAINED * len(small.grams)
+        and large.length <= MAX_GROWTH * max(small.length, 1)
+    )
+
+
+class Sketches:
+    """Rows' digests (sha256 of their words), lengths and LSH band keys (content 3-grams, then content words
+    for short rows); `contents` gives rows' `Content`."""
+
+    BATCH = 4096
+
+    def __init__(self, texts: Sequence[str], vocabulary: WordIds, framing: Framing) -> None:
+        self.texts = texts
+        self.vocabulary = vocabulary
+        self.framing = framing
+        self.digests: list[bytes] = []
+        keys: list[np.ndarray] = []
+        for digests, batch_keys in _sketch_all(texts, framing, vocabulary):
+            self.digests += digests
+            keys.append(batch_keys)
+        self.keys = np.concatenate(keys, axis=1) if keys else np.zeros((2 * BANDS, 0), dtype=np.uint64)
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def contents(self, rows: Sequence[int]) -> dict[int, Content]:
+        found: dict[int, Content] = {}
+        for at in range(0, len(rows), self.BATCH):
+            chunk = rows[at : at + self.BATCH]
+            batch = _Batch.of([self.texts[i] for i in chunk], self.vocabulary)
+            word_keep, gram_keep = batch.content(self.framing)
+            word_ends, gram_ends = np.cumsum(batch.counts), np.cumsum(batch.gram_counts)
+            for k, i in enumerate(chunk):
+                words_at = slice(int(word_ends[k] - batch.counts[k]), int(word_ends[k]))
+                grams_at = slice(int(gram_ends[k] - batch.gram_counts[k]), int(gram_ends[k]))
+                found[i] = Content(
+                    int(batch.counts[k]),
+                    frozenset(batch.ids[words_at][word_keep[words_at]].tolist()),
+                    frozenset(batch.grams[grams_at][gram_keep[grams_at]].tolist()),
+                )
+        return found
+
+
+def _sketch(
+    texts: Sequence[str], first: int, framing: Framing, vocabulary: WordIds
+) -> tuple[list[bytes], np.ndarray]:
+    """Digests and (2 * BANDS, rows) band keys of a batch of rows, the first of them row `first`."""
+    batch = _Batch.of(texts, vocabulary)
+    word_keep, gram_keep = batch.content(framing)
+    gram_keys = _band_keys(batch.grams[gram_keep], _row_sums(gram_keep, batch.gram_counts), 1, first)
+    word_keep &= np.repeat(batch.counts <= SHORT_WORDS, batch.counts)
+    word_keys = _band_keys(batch.ids[word_keep], _row_sums(word_keep, batch.counts), 2, first)
+    return batch.digests, np.concatenate([gram_keys, word_keys])
+
+
+_FORKED: tuple[Sequence[str], Framing] | None = None  # what forked workers read, set before they start
+
+
+def _sketch_part(start: int, stop: int) -> list[tuple[list[bytes], np.ndarray]]:
+    assert _FORKED is not None
+    texts, framing = _FORKED
+    vocabulary = WordIds()
+    step = Sketches.BATCH
+    return [_sketch(texts[at : min(at + step, stop)], at, framing, vocabulary) for at in range(start, stop, step)]
+
+
+def _sketch_all(
+    texts: Sequence[str], framing: Framing, vocabulary: WordIds
+) -> list[tuple[list[bytes], np.ndarray]]:
+    """`_sketch` over every batch; above `PARALLEL_ROWS` rows in forked processes, one per usable core."""
+    cores = min(len(os.sched_getaffinity(0)), MAX_PROCESSES)
+    if len(texts) < PARALLEL_ROWS or cores < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        step = Sketches.BATCH
+        return [_sketch(texts[at : at + step], at, framing, vocabulary) for at in range(0, len(texts), step)]
+    global _FORKED
+    _FORKED = (texts, framing)
+    try:
+        share = -(-len(texts) // (cores * Sketches.BATCH)) * Sketches.BATCH
+        bounds = [(at, min(at + share, len(texts))) for at in range(0, len(texts), share)]
+        with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_sketch_part, *zip(*bounds, strict=True)))
+    finally:
+        _FORKED = None
+    return [batch for part in parts for batch in part]
+
+
+def _row_sums(mask: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """How many entries of each row (rows of `counts` consecutive entries) `mask` holds."""
+    ends = np.cumsum(counts)
+    totals = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    return np.asarray(totals[ends] - totals[ends - counts])
+
+
+class Index:
+    """Exact and near-duplicate lookups against the training rows. The indexed rows are the first of each
+    set of exact duplicates."""
+
+    def __init__(self, training: Sketches) -> None:
+        self.training = training
+        self.first: dict[bytes, int] = {}
+        for i, digest in enumerate(training.digests):
+            self.first.setdefault(digest, i)
+        self.indexed = np.fromiter(sorted(self.first.values()), dtype=np.int64, count=len(self.first))
+        keys = training.keys[:, self.indexed]
+        # per band, the indexed rows (by rank) in key order; within a key, earlier rows first
+        self.order = np.argsort(keys, axis=1, kind="stable")
+        self.sorted_keys = np.take_along_axis(keys, self.order, axis=1)
+
+    def training_matches(self) -> list[Match | None]:
+        """For every training row, its match among the indexed rows before it."""
+        found: list[Match | None] = [None] * len(self.training)
+        for i, digest in enumerate(self.training.digests):
+            if self.first[digest] != i:
+                found[i] = ("exact", self.first[digest])
+        bands, count = self.sorted_keys.shape
+        if count < 2:
+            return found
+        same = np.zeros((bands, count), dtype=bool)
+        same[:, 1:] = self.sorted_keys[:, 1:] == self.sorted_keys[:, :-1]
+        # where each sorted position's key group starts, and where each rank sits in the sorted order
+        group_start = np.where(same, 0, np.arange(count))
+        np.maximum.accumulate(group_start, axis=1, out=group_start)
+        where = np.empty_like(self.order)
+        np.put_along_axis(where, self.order, np.arange(count)[None, :], axis=1)
+        band = np.arange(bands)
+        has_earlier = np.take_along_axis(same, where, axis=1).any(axis=0)
+        candidates: dict[int, list[int]] = {}
+        for rank in np.flatnonzero(has_earlier).tolist():
+            at = where[:, rank]
+            starts = group_start[band, at]
+            ranks: set[int] = set()
+            for b in np.flatnonzero(starts < at).tolist():
+                ranks.update(self.order[b, starts[b] : at[b]].tolist())
+            candidates[int(self.indexed[rank])] = [int(self.indexed[r]) for r in sorted(ranks)[:MAX_CHECKS]]
+        mine = self.training.contents(sorted(candidates.keys() | {r for c in candidates.values() for r in c}))
+        for row, rows in candidates.items():
+            found[row] = self._near(mine[row], rows, mine)
+        return found
+
+    def matches(self, other: Sketches) -> list[Match | None]:
+        """For every row of `other` (an evaluation split), its match among the training rows."""
+        found: list[Match | None] = [None] * len(other)
+        bands = self.sorted_keys.shape[0]
+        lo = np.stack([np.searchsorted(self.sorted_keys[b], other.keys[b], side="left") for b in range(bands)])
+        hi = np.stack([np.searchsorted(self.sorted_keys[b], other.keys[b], side="right") for b in range(bands)])
+        candidates: dict[int, list[int]] = {}
+        for i in np.flatnonzero(np.any(hi > lo, axis=0)).tolist():
+            if other.digests[i] in self.first:
+                continue
+            ranks: set[int] = set()
+            for b in np.flatnonzero(hi[:, i] > lo[:, i]).tolist():
+                ranks.update(self.order[b, lo[b, i] : hi[b, i]].tolist())
+            candidates[i] = [int(self.indexed[r]) for r in sorted(ranks)[:MAX_CHECKS]]
+        theirs = other.contents(sorted(candidates))
+        mine = self.training.contents(sorted({r for c in candidates.values() for r in c}))
+        for i, digest in enumerate(other.digests):
+            if digest in self.first:
+                found[i] = ("exact", self.first[digest])
+            elif i in candidates:
+                found[i] = self._near(theirs[i], candidates[i], mine)
+        return found
+
+    @staticmethod
+    def _near(content: Content, rows: list[int], contents: dict[int, Content]) -> Match | None:
+        """The first of `rows` (training rows, earliest first) that `content` is a near duplicate of."""
+        for row in rows:
+            if similar(content, contents[row]):
+                return "near", row
+        return None
