@@ -45,6 +45,7 @@ class PodObservation:
     waiting_reason: str = ""  # ImagePullBackOff, ErrImagePull, CreateContainerConfigError...
     waiting_message: str = ""
     unschedulable_message: str = ""  # the PodScheduled=False condition's message
+    start_time: datetime | None = None  # when the kubelet started it (status.startTime); None before
 
 
 @dataclass(frozen=True)

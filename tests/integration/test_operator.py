@@ -47,8 +47,8 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
     assert SECRET_KEY not in config.data["trainer.json"]
     contract = json.loads(config.data["trainer.json"])
     assert contract["hyperparameters"]["epochs"] == 3
-    status = scenario.wait_phase("Training")
-    assert status["dataReport"]["rows"] == {"training": 1000, "validation": 100}
+    assert scenario.wait_phase("Training")["dataReport"]["rows"] == {"training": 1000, "validation": 100}
+    status = scenario.start_pod(f"{NAME}-train-1")  # maxRuntime and the ETA count from here
 
     # the trainer reports 120 of 480 steps 10 minutes after training started: 30 minutes to go
     reported = datetime.fromisoformat(status["startTime"]) + timedelta(minutes=10)
@@ -199,11 +199,19 @@ def test_pending_pod_reasons_surface(scenario: Scenario) -> None:
     assert "Insufficient nvidia.com/gpu" in cond["message"]
 
 
-def test_max_runtime_ends_failed_and_stops_the_job(scenario: Scenario) -> None:
+def test_max_runtime_counts_from_the_first_pod_start_then_fails_and_stops_the_job(
+    scenario: Scenario,
+) -> None:
     scenario.apply({"spec": {"runPolicy": {"maxRuntime": "2s"}}})
     scenario.validate()
     scenario.wait_job(f"{NAME}-train-1")
+    scenario.wait_phase("Training")
+    time.sleep(4)  # twice maxRuntime with the Job created but no pod started: none of it counts
+    assert scenario.status["phase"] == "Training"
+    assert "startTime" not in scenario.status
+    started = scenario.start_pod(f"{NAME}-train-1")["startTime"]
     status = scenario.wait_phase("Failed", timeout=20)
+    assert status["startTime"] == started
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "MaxRuntimeExceeded"
     assert scenario.wait_job(f"{NAME}-train-1").spec.suspend is True

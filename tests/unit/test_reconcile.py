@@ -178,7 +178,7 @@ def test_passing_validation_resolves_auto_and_starts_attempt_one() -> None:
     assert decision.status.phase == "Pending"  # the example names a Kueue queue: admission comes first
     assert conditions(decision)["PodsScheduled"] == ("False", "Queued")
     assert decision.status.attempts == 1
-    assert decision.status.start_time == NOW
+    assert decision.status.start_time is None  # no pod has started: maxRuntime does not count yet
     assert conditions(decision)["DataValidated"] == ("True", "DataGatesPassed")
     contract = json.loads(created(decision, "ConfigMap")[0]["data"]["trainer.json"])
     assert contract["hyperparameters"]["epochs"] == 3  # 1,000 rows: the documented auto rule
@@ -222,7 +222,9 @@ def test_training_pod_spec() -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["priorityClassName"] == "ml-training"
     assert pod["serviceAccountName"] == "finetune-trainer"
-    assert train["spec"]["activeDeadlineSeconds"] == 6 * 3600
+    # no pod has started, so maxRuntime has not begun: the Job's own deadline (which counts from the Job
+    # controller's start, before pods are scheduled) would end it early; the operator enforces it instead
+    assert "activeDeadlineSeconds" not in train["spec"]
     assert train["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
     assert "finetune-s3" not in created(decision, "ConfigMap")[0]["data"]["trainer.json"]
 
@@ -376,6 +378,39 @@ def test_max_runtime_stops_the_pods_and_fails() -> None:
     assert decision.apply[-1]["spec"] == {"suspend": True}
     deadline = training(job, JobObservation("j", attempt=1, outcome="Failed", reason="DeadlineExceeded"))
     assert conditions(deadline)["Failed"] == ("True", "MaxRuntimeExceeded")
+
+
+def test_max_runtime_counts_from_the_first_pod_start_and_the_start_is_kept() -> None:
+    """Two hours queued in Kueue count for nothing; the clock starts with the first training pod (its
+    `status.startTime`), is recorded in status, and survives the pods (an operator restart, a new
+    attempt)."""
+    job = validated(ftj(patch={"spec": {"runPolicy": {"maxRuntime": "1h"}}}))
+    name = "support-assistant-sft-train-1"
+    created_long_ago = JobObservation(name, attempt=1, suspended=True, start_time=NOW - timedelta(hours=2))
+    queued = training(job, created_long_ago)
+    assert queued.status.phase == "Pending"
+    assert queued.status.start_time is None
+    assert "Failed" not in conditions(queued)
+
+    admitted = JobObservation(name, attempt=1, active=1, start_time=NOW - timedelta(minutes=50))
+    pending_pod = PodObservation(f"{name}-x", name, "Pending")
+    assert training(job, admitted, pods=(pending_pod,)).status.start_time is None
+
+    started = NOW - timedelta(minutes=40)
+    pods = (
+        PodObservation(f"{name}-b", name, "Running", start_time=started + timedelta(minutes=1)),
+        PodObservation(f"{name}-a", name, "Running", start_time=started),
+        PodObservation("other-pod", "someone-else", "Running", start_time=NOW - timedelta(hours=5)),
+    )
+    running = training(job, admitted, pods=pods)
+    assert running.status.start_time == started
+    assert "Failed" not in conditions(running)
+
+    recorded = job.model_copy(update={"status": running.status})
+    later = NOW + timedelta(minutes=21)  # 61 minutes after the first pod started; its pods are gone
+    over = training(recorded, JobObservation(name, attempt=1, active=1, start_time=NOW), now=later)
+    assert over.status.start_time == started
+    assert conditions(over)["Failed"] == ("True", "MaxRuntimeExceeded")
 
 
 def test_when_to_look_again() -> None:

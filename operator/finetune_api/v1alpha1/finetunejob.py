@@ -236,7 +236,10 @@ class RunPolicy(ApiModel):
     """How long and how often to try. These may change while the job runs."""
 
     max_runtime: Duration | None = Field(
-        default=None, description="Wall time from first pod start, e.g. 24h."
+        default=None,
+        description="Wall time from the first training pod start (status.startTime), e.g. 24h; time queued "
+        "(Kueue) or suspended before that does not count. When reached, the pods are stopped and the job "
+        "fails with MaxRuntimeExceeded; checkpoints are kept.",
     )
     retry_limit: Annotated[int, Field(ge=0, le=100)] = 3
     artifact_cleanup: Literal["Retain", "Delete"] = Field(

@@ -109,7 +109,7 @@ class Step:
 
     @property
     def deadline(self) -> datetime | None:
-        """runPolicy.maxRuntime after training started, if both are known."""
+        """runPolicy.maxRuntime after the first training pod started, if both are known."""
         limit = self.job.spec.run_policy.max_runtime
         start = self.decision.status.start_time
         if limit is None or start is None:

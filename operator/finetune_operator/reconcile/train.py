@@ -4,11 +4,14 @@
 attempt N Job (+ headless Service for multi-node)
     failed -> attempt N+1 resumes from the newest complete checkpoint, up to runPolicy.retryLimit
     suspend -> Job suspended (pods stop, checkpoints stay); unsuspend resumes
-    runPolicy.maxRuntime since the first attempt started -> Failed
+    runPolicy.maxRuntime since the first training pod started (`status.startTime`, recorded once: time
+    queued in Kueue or suspended before any pod ran does not count) -> Failed
 Complete -> checkpoints and the best one recorded -> `Trained`, for the gate or for Succeeded
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from finetune_api.v1alpha1 import ConditionType, Phase, Reason
 from finetune_api.v1alpha1.finetunejob import CheckpointRecord
@@ -38,12 +41,11 @@ def phase(step: Step, rows: int) -> Trained | None:
         if job.spec.suspend:
             _suspended(step, at=0)
             return None
-        status.start_time = status.start_time or step.now
         _start_attempt(step, 1)
         return None
     current = attempts[-1]
     status.attempts = max(status.attempts, current.attempt or 1)
-    status.start_time = status.start_time or current.start_time or step.now
+    status.start_time = status.start_time or _first_pod_start(step, attempts)
     if _over_max_runtime(step, current):
         return None
     if current.outcome == JobOutcome.FAILED:
@@ -63,7 +65,7 @@ def phase(step: Step, rows: int) -> Trained | None:
 
 def _start_attempt(step: Step, attempt: int) -> None:
     job, status = step.job, step.decision.status
-    deadline = step.deadline
+    deadline = step.deadline  # unknown until a pod started: then only the operator enforces maxRuntime
     remaining = None if deadline is None else int((deadline - step.now).total_seconds())
     step.decision.create.append(
         training_job(job, step.settings, attempt=attempt, active_deadline_seconds=remaining)
@@ -85,6 +87,18 @@ def _start_attempt(step: Step, attempt: int) -> None:
         )
     step.event(Reason.TRAINING_RUNNING if attempt == 1 else Reason.RETRYING, message)
     step.poll()
+
+
+def _first_pod_start(step: Step, attempts: list[JobObservation]) -> datetime | None:
+    """When the first training pod started: the earliest pod `status.startTime` of any attempt. A Job's own
+    startTime is no substitute while pods are observed (it is set when the Job controller starts it, before
+    pods run, and reset on every resume); it is used only for a finished attempt whose pods are gone."""
+    names = {j.name for j in attempts}
+    pods = [p.start_time for p in step.observed.pods if p.job_name in names and p.start_time is not None]
+    if pods:
+        return min(pods)
+    finished = [j.start_time for j in attempts if j.outcome is not None and j.start_time is not None]
+    return min(finished, default=None)
 
 
 def _latest_step(step: Step) -> int:
