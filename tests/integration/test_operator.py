@@ -133,7 +133,7 @@ def test_suspend_stops_pods_and_resume_continues(scenario: Scenario) -> None:
     )
     status = scenario.wait_phase("Suspended")
     suspended = next(c for c in status["conditions"] if c["type"] == "Suspended")
-    assert "resume from step 300" in suspended["message"]
+    assert f"unsuspend to resume training from step 300 (job {NAME}-train-1)" in suspended["message"]
     assert health(scenario.seen["Suspended"]) == ("Suspended", suspended["message"])
     assert eventually(lambda: scenario.wait_job(f"{NAME}-train-1").spec.suspend, 10)
     scenario.cluster.kubectl(
@@ -142,6 +142,32 @@ def test_suspend_stops_pods_and_resume_continues(scenario: Scenario) -> None:
     scenario.wait_phase("Training")
     assert eventually(lambda: not scenario.wait_job(f"{NAME}-train-1").spec.suspend, 10)
     assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", f"{NAME}-validate"]
+
+
+def test_suspend_during_validation_stops_its_job_and_resume_finishes_it(scenario: Scenario) -> None:
+    scenario.apply()
+    validation = f"{NAME}-validate"
+    uid = scenario.wait_job(validation).metadata.uid
+    scenario.wait_phase("ValidatingData")
+    scenario.cluster.kubectl(
+        "patch", "ftj", NAME, "-n", scenario.namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}'
+    )
+    status = scenario.wait_phase("Suspended")
+    suspended = next(c for c in status["conditions"] if c["type"] == "Suspended")
+    assert f"unsuspend to resume the data validation (job {validation})" in suspended["message"]
+    assert eventually(lambda: scenario.wait_job(validation).spec.suspend, 10)
+    scenario.cluster.kubectl(
+        "patch", "ftj", NAME, "-n", scenario.namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}'
+    )
+    scenario.wait_phase("ValidatingData")
+    assert eventually(lambda: not scenario.wait_job(validation).spec.suspend, 10)
+    resumed = next(c for c in scenario.status["conditions"] if c["type"] == "Suspended")
+    assert (resumed["status"], resumed["reason"]) == ("False", "Resumed")
+    scenario.report()
+    scenario.cluster.finish_job(scenario.namespace, validation)
+    scenario.wait_job(f"{NAME}-train-1")
+    assert scenario.wait_job(validation).metadata.uid == uid  # the same Job resumed, none re-created
+    assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", validation]
 
 
 def test_kueue_queue_label_and_suspended_creation(scenario: Scenario) -> None:

@@ -444,7 +444,7 @@ def test_suspend_and_resume() -> None:
         "metadata": {"name": "support-assistant-sft-train-1"},
         "spec": {"suspend": True},
     }
-    assert "resume from step 300" in decision.events[0].message
+    assert "unsuspend to resume training from step 300" in decision.events[0].message
 
     resumed = job.model_copy(
         update={"status": decision.status, "spec": job.spec.model_copy(update={"suspend": False})}

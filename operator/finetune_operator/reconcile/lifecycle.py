@@ -13,8 +13,11 @@ creation of an existing child is a no-op in the I/O layer.
     promote.phase     Promoting                       -> the published version -> Succeeded
 
 Each phase returns what the next needs, or None while it is not done (or after it ended the run); a new
-phase is a module here and a line below. The run plan (`finetune_api.plan.RunPlan`) names every path and
-builds every trainer contract; a `PermanentError` from any phase fails the run with its reason.
+phase is a module here and a line below. `spec.suspend` is one rule for every phase that runs a Job
+(`Step.suspended`): the phase's Job is suspended, or not yet created, the phase shows Suspended naming what
+resumes, and unsuspending resumes that same Job; a Job that already finished is never run again. The run
+plan (`finetune_api.plan.RunPlan`) names every path and builds every trainer contract; a `PermanentError`
+from any phase fails the run with its reason.
 """
 
 from __future__ import annotations
