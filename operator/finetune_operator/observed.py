@@ -49,6 +49,16 @@ class PodObservation:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """An object in the job's namespace that the spec names and its pods need, and whether it exists."""
+
+    kind: Literal["Secret", "ServiceAccount"]
+    name: str
+    field: str  # where it is named, e.g. spec.storage.credentialsSecretRef.name
+    found: bool = True
+
+
+@dataclass(frozen=True)
 class StorageObservation:
     data_report: DataValidationReport | None = None
     progress: ProgressReport | None = None
@@ -78,6 +88,7 @@ class Observed:
     # Why approvals cannot be trusted now (the admission policies that check who approves are missing);
     # None when they are installed. Unobserved counts as missing: approvals fail closed.
     approval_policy_problem: str | None = "the approval admission policies were not observed"
+    references: tuple[Reference, ...] = ()  # the Secrets and ServiceAccount the pods need, looked up
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,8 @@ def new_scenario(cluster: Cluster, s3: S3Server) -> Scenario:
     """A fresh namespace with the S3 Secret, and the staging bucket."""
     namespace = f"e2e-{next(_namespaces)}"
     cluster.kubectl("create", "namespace", namespace)
-    cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
+    for account in ("default", "finetune-trainer"):  # the example's pods run as finetune-trainer
+        cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
     secret = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     cluster.core.create_namespaced_secret(
         namespace,

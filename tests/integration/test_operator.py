@@ -170,6 +170,37 @@ def test_suspend_during_validation_stops_its_job_and_resume_finishes_it(scenario
     assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", validation]
 
 
+def test_a_missing_secret_holds_the_job_before_any_job_until_it_is_created(scenario: Scenario) -> None:
+    scenario.apply({"spec": {"storage": {"credentialsSecretRef": {"name": "late-s3"}}}})
+
+    def resolved() -> dict[str, Any] | None:
+        return next(
+            (c for c in scenario.status.get("conditions", []) if c["type"] == "ReferencesResolved"), None
+        )
+
+    held = eventually(resolved, 15)
+    assert (held["status"], held["reason"]) == ("False", "SecretNotFound")
+    assert (
+        f"Secret late-s3 (spec.storage.credentialsSecretRef.name) not found in namespace {scenario.namespace}"
+        in (held["message"])
+    )
+    time.sleep(3)  # several looks later, still nothing started
+    assert scenario.cluster.job_names(scenario.namespace) == []
+    assert scenario.status["phase"] == "Pending"
+    assert [r for r, _ in scenario.events()] == ["SecretNotFound"]  # told once
+    scenario.cluster.core.create_namespaced_secret(
+        scenario.namespace,
+        {
+            "metadata": {"name": "late-s3"},
+            "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
+        },
+    )
+    scenario.wait_job(f"{NAME}-validate")
+    assert eventually(lambda: (c := resolved()) is not None and c["status"] == "True", 10)
+    scenario.validate()
+    scenario.wait_job(f"{NAME}-train-1")
+
+
 def test_kueue_queue_label_and_suspended_creation(scenario: Scenario) -> None:
     scenario.apply({"spec": {"resources": {"queueName": "ml-training"}}})
     scenario.validate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport
 from finetune_api.v1alpha1 import FineTuneJob
+from finetune_operator.observed import Reference
 from finetune_operator.reconcile import (
     Decision,
     JobObservation,
@@ -18,6 +20,7 @@ from finetune_operator.reconcile import (
     StorageObservation,
     reconcile,
 )
+from finetune_operator.reconcile.references import named
 from finetune_operator.reconcile.status import remaining
 from finetune_operator.settings import Settings
 from helpers.support import example, merge_patch
@@ -543,3 +546,53 @@ def test_a_phase_change_is_stamped_and_a_stay_keeps_the_stamp() -> None:
     )
     assert moved.status.phase == "Pending"  # the example waits in a Kueue queue
     assert moved.status.last_phase_transition_time == later
+
+
+# --- named objects --------------------------------------------------------------------------------
+
+
+def test_the_secret_and_service_account_the_spec_names_are_what_is_looked_up() -> None:
+    job = ftj()
+    assert named(job, SETTINGS) == (
+        Reference("Secret", "finetune-s3", "spec.storage.credentialsSecretRef.name"),
+        Reference("ServiceAccount", "finetune-trainer", "spec.serviceAccountName"),
+    )
+    bare = ftj(patch={"spec": {"serviceAccountName": None, "storage": {"credentialsSecretRef": None}}})
+    assert named(bare, SETTINGS) == ()
+    default = Settings(trainer_service_account="trainers")
+    assert [(r.kind, r.name) for r in named(bare, default)] == [("ServiceAccount", "trainers")]
+
+
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [("Secret", "SecretNotFound"), ("ServiceAccount", "ServiceAccountNotFound")],
+)
+def test_a_missing_named_object_holds_the_job_then_it_goes_on(missing: str, reason: str) -> None:
+    job = ftj()
+    refs = named(job, SETTINGS)
+    absent = tuple(replace(r, found=r.kind != missing) for r in refs)
+    held = reconcile(observe(job, references=absent), SETTINGS)
+    assert held.create == []
+    assert held.status.phase == "Pending"
+    assert conditions(held)["ReferencesResolved"] == ("False", reason)
+    message = next(c.message for c in held.status.conditions if c.type == "ReferencesResolved")
+    name = next(r.name for r in refs if r.kind == missing)
+    assert f"{missing} {name} (" in message
+    assert "not found in namespace ml-platform" in message
+    assert [(e.type, e.reason) for e in held.events] == [("Warning", reason)]
+    assert held.requeue_after == SETTINGS.reconcile_interval_seconds  # looked up again, not watched
+
+    still = reconcile(observe(job.model_copy(update={"status": held.status}), references=absent), SETTINGS)
+    assert (still.create, still.events) == ([], [])  # told once
+
+    appeared = reconcile(observe(job.model_copy(update={"status": held.status}), references=refs), SETTINGS)
+    assert [m["metadata"]["name"] for m in created(appeared, "Job")] == ["support-assistant-sft-validate"]
+    assert conditions(appeared)["ReferencesResolved"] == ("True", "ReferencesResolved")
+
+
+def test_a_named_object_deleted_while_a_job_runs_is_told_but_the_job_is_left_to_run() -> None:
+    job = ftj(phase="ValidatingData")
+    absent = tuple(replace(r, found=False) for r in named(job, SETTINGS))
+    decision = reconcile(observe(job, validation=JobObservation("v", active=1), references=absent), SETTINGS)
+    assert decision.status.phase == "ValidatingData"
+    assert conditions(decision)["ReferencesResolved"] == ("False", "SecretNotFound")

@@ -280,7 +280,11 @@ class FineTuneJobSpec(ApiModel):
     image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")] | None = Field(
         default=None, description="Trainer image override; the operator's configured image when unset."
     )
-    service_account_name: Name | None = None
+    service_account_name: Name | None = Field(
+        default=None,
+        description="ServiceAccount the job's pods run as; the operator's trainer default when unset. While "
+        "it is missing, no pod starts: condition ReferencesResolved False, reason ServiceAccountNotFound.",
+    )
     storage: S3Storage
     eval_gate_ref: LocalObjectReference | None = Field(
         default=None, description="EvalGate in the same namespace that must pass before promotion."
@@ -291,7 +295,12 @@ class FineTuneJobSpec(ApiModel):
         description="ModelDeployment in the same namespace that rolls the promoted version out (needs "
         "outputUri).",
     )
-    suspend: bool = False
+    suspend: bool = Field(
+        default=False,
+        description="true: the running Job of any phase (validation, training, evaluation, promotion) is "
+        "suspended, its pods stopped, and none is started; phase Suspended, the Suspended condition naming "
+        "what resumes. false: that same Job resumes; nothing that completed runs again.",
+    )
 
     immutable_except: ClassVar[frozenset[str] | None] = frozenset({"suspend", "run_policy"})
     immutable_hint: ClassVar[str] = "only suspend and runPolicy may change; create a new FineTuneJob instead"
