@@ -45,6 +45,17 @@ class PodObservation:
     waiting_reason: str = ""  # ImagePullBackOff, ErrImagePull, CreateContainerConfigError...
     waiting_message: str = ""
     unschedulable_message: str = ""  # the PodScheduled=False condition's message
+    start_time: datetime | None = None  # when the kubelet started it (status.startTime); None before
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An object in the job's namespace that the spec names and its pods need, and whether it exists."""
+
+    kind: Literal["Secret", "ServiceAccount"]
+    name: str
+    field: str  # where it is named, e.g. spec.storage.credentialsSecretRef.name
+    found: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class Observed:
     # Why approvals cannot be trusted now (the admission policies that check who approves are missing);
     # None when they are installed. Unobserved counts as missing: approvals fail closed.
     approval_policy_problem: str | None = "the approval admission policies were not observed"
+    references: tuple[Reference, ...] = ()  # the Secrets and ServiceAccount the pods need, looked up
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -135,6 +136,24 @@ class Scenario:
         self.report()
         self.cluster.finish_job(self.namespace, f"{self.name}-validate")
 
+    def start_pod(self, job: str, suffix: str = "a1b2c") -> dict[str, Any]:
+        """Play the Job controller and the kubelet: a pod of Job `job`, Running since now. The job's
+        status once the operator recorded that start (`startTime`, which was unset before)."""
+        assert "startTime" not in self.status
+        name = f"{job}-{suffix}"
+        pod = {
+            "metadata": {"name": name, "labels": {"finetune.dev/job": self.name, "job-name": job}},
+            "spec": {"containers": [{"name": "trainer", "image": "registry.example/trainer:1"}]},
+        }
+        self.cluster.core.create_namespaced_pod(self.namespace, pod)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status = {"phase": "Running", "startTime": now}
+        self.cluster.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
+        recorded: dict[str, Any] = eventually(
+            lambda: self.status if "startTime" in self.status else None, 10, "the pod start was not recorded"
+        )
+        return recorded
+
     def events(self) -> list[tuple[str, str]]:
         items = self.cluster.core.list_namespaced_event(self.namespace).items
         mine = [e for e in items if e.involved_object.name == self.name]
@@ -147,7 +166,8 @@ def new_scenario(cluster: Cluster, s3: S3Server) -> Scenario:
     """A fresh namespace with the S3 Secret, and the staging bucket."""
     namespace = f"e2e-{next(_namespaces)}"
     cluster.kubectl("create", "namespace", namespace)
-    cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
+    for account in ("default", "finetune-trainer"):  # the example's pods run as finetune-trainer
+        cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
     secret = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     cluster.core.create_namespaced_secret(
         namespace,

@@ -370,6 +370,9 @@ def assert_least_privilege(plane: ControlPlane, namespace: str) -> None:
     assert can_i(plane, "get", "secrets", "-n", namespace)
     assert not can_i(plane, "get", "secrets", "-n", "elsewhere")
     assert not can_i(plane, "list", "secrets", "-n", namespace)
+    assert can_i(plane, "get", "serviceaccounts", "-n", namespace)  # before any pod: does it exist?
+    assert not can_i(plane, "get", "serviceaccounts", "-n", "elsewhere")
+    assert not can_i(plane, "list", "serviceaccounts", "-n", namespace)
     assert not can_i(plane, "list", "finetunejobs.finetune.dev", "-n", "elsewhere")
     assert not can_i(plane, "update", "finetunejobs.finetune.dev", "-n", namespace)
     assert not can_i(plane, "create", "finetunejobs.finetune.dev", "-n", namespace)

@@ -47,8 +47,8 @@ def test_apply_to_succeeded(scenario: Scenario) -> None:
     assert SECRET_KEY not in config.data["trainer.json"]
     contract = json.loads(config.data["trainer.json"])
     assert contract["hyperparameters"]["epochs"] == 3
-    status = scenario.wait_phase("Training")
-    assert status["dataReport"]["rows"] == {"training": 1000, "validation": 100}
+    assert scenario.wait_phase("Training")["dataReport"]["rows"] == {"training": 1000, "validation": 100}
+    status = scenario.start_pod(f"{NAME}-train-1")  # maxRuntime and the ETA count from here
 
     # the trainer reports 120 of 480 steps 10 minutes after training started: 30 minutes to go
     reported = datetime.fromisoformat(status["startTime"]) + timedelta(minutes=10)
@@ -133,7 +133,7 @@ def test_suspend_stops_pods_and_resume_continues(scenario: Scenario) -> None:
     )
     status = scenario.wait_phase("Suspended")
     suspended = next(c for c in status["conditions"] if c["type"] == "Suspended")
-    assert "resume from step 300" in suspended["message"]
+    assert f"unsuspend to resume training from step 300 (job {NAME}-train-1)" in suspended["message"]
     assert health(scenario.seen["Suspended"]) == ("Suspended", suspended["message"])
     assert eventually(lambda: scenario.wait_job(f"{NAME}-train-1").spec.suspend, 10)
     scenario.cluster.kubectl(
@@ -142,6 +142,63 @@ def test_suspend_stops_pods_and_resume_continues(scenario: Scenario) -> None:
     scenario.wait_phase("Training")
     assert eventually(lambda: not scenario.wait_job(f"{NAME}-train-1").spec.suspend, 10)
     assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", f"{NAME}-validate"]
+
+
+def test_suspend_during_validation_stops_its_job_and_resume_finishes_it(scenario: Scenario) -> None:
+    scenario.apply()
+    validation = f"{NAME}-validate"
+    uid = scenario.wait_job(validation).metadata.uid
+    scenario.wait_phase("ValidatingData")
+    scenario.cluster.kubectl(
+        "patch", "ftj", NAME, "-n", scenario.namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}'
+    )
+    status = scenario.wait_phase("Suspended")
+    suspended = next(c for c in status["conditions"] if c["type"] == "Suspended")
+    assert f"unsuspend to resume the data validation (job {validation})" in suspended["message"]
+    assert eventually(lambda: scenario.wait_job(validation).spec.suspend, 10)
+    scenario.cluster.kubectl(
+        "patch", "ftj", NAME, "-n", scenario.namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}'
+    )
+    scenario.wait_phase("ValidatingData")
+    assert eventually(lambda: not scenario.wait_job(validation).spec.suspend, 10)
+    resumed = next(c for c in scenario.status["conditions"] if c["type"] == "Suspended")
+    assert (resumed["status"], resumed["reason"]) == ("False", "Resumed")
+    scenario.report()
+    scenario.cluster.finish_job(scenario.namespace, validation)
+    scenario.wait_job(f"{NAME}-train-1")
+    assert scenario.wait_job(validation).metadata.uid == uid  # the same Job resumed, none re-created
+    assert scenario.cluster.job_names(scenario.namespace) == [f"{NAME}-train-1", validation]
+
+
+def test_a_missing_secret_holds_the_job_before_any_job_until_it_is_created(scenario: Scenario) -> None:
+    scenario.apply({"spec": {"storage": {"credentialsSecretRef": {"name": "late-s3"}}}})
+
+    def resolved() -> dict[str, Any] | None:
+        return next(
+            (c for c in scenario.status.get("conditions", []) if c["type"] == "ReferencesResolved"), None
+        )
+
+    held = eventually(resolved, 15)
+    assert (held["status"], held["reason"]) == ("False", "SecretNotFound")
+    assert (
+        f"Secret late-s3 (spec.storage.credentialsSecretRef.name) not found in namespace {scenario.namespace}"
+        in (held["message"])
+    )
+    time.sleep(3)  # several looks later, still nothing started
+    assert scenario.cluster.job_names(scenario.namespace) == []
+    assert scenario.status["phase"] == "Pending"
+    assert [r for r, _ in scenario.events()] == ["SecretNotFound"]  # told once
+    scenario.cluster.core.create_namespaced_secret(
+        scenario.namespace,
+        {
+            "metadata": {"name": "late-s3"},
+            "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
+        },
+    )
+    scenario.wait_job(f"{NAME}-validate")
+    assert eventually(lambda: (c := resolved()) is not None and c["status"] == "True", 10)
+    scenario.validate()
+    scenario.wait_job(f"{NAME}-train-1")
 
 
 def test_kueue_queue_label_and_suspended_creation(scenario: Scenario) -> None:
@@ -199,11 +256,19 @@ def test_pending_pod_reasons_surface(scenario: Scenario) -> None:
     assert "Insufficient nvidia.com/gpu" in cond["message"]
 
 
-def test_max_runtime_ends_failed_and_stops_the_job(scenario: Scenario) -> None:
+def test_max_runtime_counts_from_the_first_pod_start_then_fails_and_stops_the_job(
+    scenario: Scenario,
+) -> None:
     scenario.apply({"spec": {"runPolicy": {"maxRuntime": "2s"}}})
     scenario.validate()
     scenario.wait_job(f"{NAME}-train-1")
+    scenario.wait_phase("Training")
+    time.sleep(4)  # twice maxRuntime with the Job created but no pod started: none of it counts
+    assert scenario.status["phase"] == "Training"
+    assert "startTime" not in scenario.status
+    started = scenario.start_pod(f"{NAME}-train-1")["startTime"]
     status = scenario.wait_phase("Failed", timeout=20)
+    assert status["startTime"] == started
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "MaxRuntimeExceeded"
     assert scenario.wait_job(f"{NAME}-train-1").spec.suspend is True

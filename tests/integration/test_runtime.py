@@ -76,6 +76,9 @@ def test_a_loop_that_meets_non_api_errors_says_so_on_the_job_and_recovers(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     cluster.kubectl("create", "namespace", NAMESPACE)
+    # what the example names exists, so that only the injected faults hold the job
+    cluster.kubectl("create", "secret", "generic", "finetune-s3", "-n", NAMESPACE)
+    cluster.kubectl("create", "serviceaccount", "finetune-trainer", "-n", NAMESPACE)
     doc = example("sft-support-assistant.yaml")
     doc["metadata"] |= {"name": NAME, "namespace": NAMESPACE}
     doc["spec"].pop("evalGateRef")

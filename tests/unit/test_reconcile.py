@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport
 from finetune_api.v1alpha1 import FineTuneJob
+from finetune_operator.observed import Reference
 from finetune_operator.reconcile import (
     Decision,
     JobObservation,
@@ -18,6 +20,7 @@ from finetune_operator.reconcile import (
     StorageObservation,
     reconcile,
 )
+from finetune_operator.reconcile.references import named
 from finetune_operator.reconcile.status import remaining
 from finetune_operator.settings import Settings
 from helpers.support import example, merge_patch
@@ -178,7 +181,7 @@ def test_passing_validation_resolves_auto_and_starts_attempt_one() -> None:
     assert decision.status.phase == "Pending"  # the example names a Kueue queue: admission comes first
     assert conditions(decision)["PodsScheduled"] == ("False", "Queued")
     assert decision.status.attempts == 1
-    assert decision.status.start_time == NOW
+    assert decision.status.start_time is None  # no pod has started: maxRuntime does not count yet
     assert conditions(decision)["DataValidated"] == ("True", "DataGatesPassed")
     contract = json.loads(created(decision, "ConfigMap")[0]["data"]["trainer.json"])
     assert contract["hyperparameters"]["epochs"] == 3  # 1,000 rows: the documented auto rule
@@ -222,7 +225,9 @@ def test_training_pod_spec() -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["priorityClassName"] == "ml-training"
     assert pod["serviceAccountName"] == "finetune-trainer"
-    assert train["spec"]["activeDeadlineSeconds"] == 6 * 3600
+    # no pod has started, so maxRuntime has not begun: the Job's own deadline (which counts from the Job
+    # controller's start, before pods are scheduled) would end it early; the operator enforces it instead
+    assert "activeDeadlineSeconds" not in train["spec"]
     assert train["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
     assert "finetune-s3" not in created(decision, "ConfigMap")[0]["data"]["trainer.json"]
 
@@ -378,6 +383,39 @@ def test_max_runtime_stops_the_pods_and_fails() -> None:
     assert conditions(deadline)["Failed"] == ("True", "MaxRuntimeExceeded")
 
 
+def test_max_runtime_counts_from_the_first_pod_start_and_the_start_is_kept() -> None:
+    """Two hours queued in Kueue count for nothing; the clock starts with the first training pod (its
+    `status.startTime`), is recorded in status, and survives the pods (an operator restart, a new
+    attempt)."""
+    job = validated(ftj(patch={"spec": {"runPolicy": {"maxRuntime": "1h"}}}))
+    name = "support-assistant-sft-train-1"
+    created_long_ago = JobObservation(name, attempt=1, suspended=True, start_time=NOW - timedelta(hours=2))
+    queued = training(job, created_long_ago)
+    assert queued.status.phase == "Pending"
+    assert queued.status.start_time is None
+    assert "Failed" not in conditions(queued)
+
+    admitted = JobObservation(name, attempt=1, active=1, start_time=NOW - timedelta(minutes=50))
+    pending_pod = PodObservation(f"{name}-x", name, "Pending")
+    assert training(job, admitted, pods=(pending_pod,)).status.start_time is None
+
+    started = NOW - timedelta(minutes=40)
+    pods = (
+        PodObservation(f"{name}-b", name, "Running", start_time=started + timedelta(minutes=1)),
+        PodObservation(f"{name}-a", name, "Running", start_time=started),
+        PodObservation("other-pod", "someone-else", "Running", start_time=NOW - timedelta(hours=5)),
+    )
+    running = training(job, admitted, pods=pods)
+    assert running.status.start_time == started
+    assert "Failed" not in conditions(running)
+
+    recorded = job.model_copy(update={"status": running.status})
+    later = NOW + timedelta(minutes=21)  # 61 minutes after the first pod started; its pods are gone
+    over = training(recorded, JobObservation(name, attempt=1, active=1, start_time=NOW), now=later)
+    assert over.status.start_time == started
+    assert conditions(over)["Failed"] == ("True", "MaxRuntimeExceeded")
+
+
 def test_when_to_look_again() -> None:
     """Progress is polled while training; a job waiting on Kueue is woken by its Job's events, but never
     later than its max-runtime deadline."""
@@ -409,7 +447,7 @@ def test_suspend_and_resume() -> None:
         "metadata": {"name": "support-assistant-sft-train-1"},
         "spec": {"suspend": True},
     }
-    assert "resume from step 300" in decision.events[0].message
+    assert "unsuspend to resume training from step 300" in decision.events[0].message
 
     resumed = job.model_copy(
         update={"status": decision.status, "spec": job.spec.model_copy(update={"suspend": False})}
@@ -508,3 +546,53 @@ def test_a_phase_change_is_stamped_and_a_stay_keeps_the_stamp() -> None:
     )
     assert moved.status.phase == "Pending"  # the example waits in a Kueue queue
     assert moved.status.last_phase_transition_time == later
+
+
+# --- named objects --------------------------------------------------------------------------------
+
+
+def test_the_secret_and_service_account_the_spec_names_are_what_is_looked_up() -> None:
+    job = ftj()
+    assert named(job, SETTINGS) == (
+        Reference("Secret", "finetune-s3", "spec.storage.credentialsSecretRef.name"),
+        Reference("ServiceAccount", "finetune-trainer", "spec.serviceAccountName"),
+    )
+    bare = ftj(patch={"spec": {"serviceAccountName": None, "storage": {"credentialsSecretRef": None}}})
+    assert named(bare, SETTINGS) == ()
+    default = Settings(trainer_service_account="trainers")
+    assert [(r.kind, r.name) for r in named(bare, default)] == [("ServiceAccount", "trainers")]
+
+
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [("Secret", "SecretNotFound"), ("ServiceAccount", "ServiceAccountNotFound")],
+)
+def test_a_missing_named_object_holds_the_job_then_it_goes_on(missing: str, reason: str) -> None:
+    job = ftj()
+    refs = named(job, SETTINGS)
+    absent = tuple(replace(r, found=r.kind != missing) for r in refs)
+    held = reconcile(observe(job, references=absent), SETTINGS)
+    assert held.create == []
+    assert held.status.phase == "Pending"
+    assert conditions(held)["ReferencesResolved"] == ("False", reason)
+    message = next(c.message for c in held.status.conditions if c.type == "ReferencesResolved")
+    name = next(r.name for r in refs if r.kind == missing)
+    assert f"{missing} {name} (" in message
+    assert "not found in namespace ml-platform" in message
+    assert [(e.type, e.reason) for e in held.events] == [("Warning", reason)]
+    assert held.requeue_after == SETTINGS.reconcile_interval_seconds  # looked up again, not watched
+
+    still = reconcile(observe(job.model_copy(update={"status": held.status}), references=absent), SETTINGS)
+    assert (still.create, still.events) == ([], [])  # told once
+
+    appeared = reconcile(observe(job.model_copy(update={"status": held.status}), references=refs), SETTINGS)
+    assert [m["metadata"]["name"] for m in created(appeared, "Job")] == ["support-assistant-sft-validate"]
+    assert conditions(appeared)["ReferencesResolved"] == ("True", "ReferencesResolved")
+
+
+def test_a_named_object_deleted_while_a_job_runs_is_told_but_the_job_is_left_to_run() -> None:
+    job = ftj(phase="ValidatingData")
+    absent = tuple(replace(r, found=False) for r in named(job, SETTINGS))
+    decision = reconcile(observe(job, validation=JobObservation("v", active=1), references=absent), SETTINGS)
+    assert decision.status.phase == "ValidatingData"
+    assert conditions(decision)["ReferencesResolved"] == ("False", "SecretNotFound")

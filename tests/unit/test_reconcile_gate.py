@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from test_reconcile import NOW, SETTINGS, conditions, created
 
 from finetune_api.gate import EvalReport, SuiteOutcome
 from finetune_api.run_layout import CheckpointMarker, DataValidationReport
 from finetune_api.v1alpha1 import EvalGate, FineTuneJob
+from finetune_api.v1alpha1.finetunejob import Approval, GateResult
 from finetune_operator.reconcile import Decision, JobObservation, Observed, StorageObservation, reconcile
 from helpers.support import example, merge_patch, paired_scores
 
@@ -295,3 +297,93 @@ def test_a_failed_promotion_fails_the_job_and_publishes_nothing() -> None:
     assert decision.status.phase == "Failed"
     assert conditions(decision)["Promoted"] == ("False", "PromotionFailed")
     assert decision.status.promoted is None
+
+
+def suspended(ftj: FineTuneJob, suspend: bool) -> FineTuneJob:
+    return ftj.model_copy(update={"spec": ftj.spec.model_copy(update={"suspend": suspend})})
+
+
+SUSPENDABLE = {  # phase -> (the observation's field for its Job, the Job's suffix, what the message names)
+    "ValidatingData": ("validation", "validate", "the data validation (job support-assistant-sft-validate)"),
+    "Training": ("training", "train-1", "training from step 200 (job support-assistant-sft-train-1)"),
+    "Evaluating": (
+        "evaluation",
+        "evaluate",
+        "the evaluation of step 200 (job support-assistant-sft-evaluate)",
+    ),
+    "Promoting": ("promotion", "promote", "the promotion of step 200 to s3://"),
+}
+
+
+@pytest.mark.parametrize("phase", list(SUSPENDABLE))
+def test_suspend_stops_the_running_job_of_every_phase_and_resume_restarts_the_same_job(phase: str) -> None:
+    """The one suspend rule: the phase's running Job is suspended (its pods stop), the phase shows
+    Suspended naming what resumes; unsuspending resumes that Job in its phase, nothing created again."""
+    child, suffix, what = SUSPENDABLE[phase]
+    name = f"support-assistant-sft-{suffix}"
+    running = JobObservation(name, attempt=1 if child == "training" else None, active=1)
+    jobs: dict[str, Any] = {
+        "validation": JobObservation("support-assistant-sft-validate", outcome="Complete"),
+        "training": (JobObservation("support-assistant-sft-train-1", attempt=1, outcome="Complete"),),
+    }
+    jobs[child] = (running,) if child == "training" else running
+    if child == "validation":
+        jobs["training"] = ()
+        jobs["storage"] = StorageObservation()
+    ftj = job()
+    ftj.spec.resources.queue_name = None  # (with Kueue, Kueue resumes a training Job)
+    ftj.status.phase = phase
+    if child == "promotion":
+        ftj.status.gate = GateResult(verdict="Passed", verdict_id="v-1")
+        ftj.status.approval = Approval(decision="Approved", by="alice", at=NOW, verdict_id="v-1")
+    gates = {"evaluation": gate(requireApproval=False), "promotion": gate()}
+
+    def reconciled(ftj: FineTuneJob, observation: JobObservation) -> Decision:
+        seen = {**jobs, child: (observation,) if child == "training" else observation}
+        storage = seen.pop("storage", StorageObservation(data_report=VALID, checkpoints=MARKERS))
+        observed = Observed(
+            job=ftj, now=NOW, storage=storage, gate=gates.get(child), approval_policy_problem=None, **seen
+        )
+        return reconcile(observed, SETTINGS)
+
+    stop = reconciled(suspended(ftj, True), running)
+    assert stop.status.phase == "Suspended"
+    assert created(stop, "Job") == []
+    assert stop.apply[-1] == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"suspend": True},
+    }
+    assert conditions(stop)["Suspended"] == ("True", "SuspendedByUser")
+    message = next(c.message for c in stop.status.conditions if c.type == "Suspended")
+    assert f"pods stopped; unsuspend to resume {what}" in message
+    assert [e.reason for e in stop.events] == ["SuspendedByUser"]
+
+    held = suspended(ftj, True).model_copy(update={"status": stop.status})
+    halted = JobObservation(name, attempt=running.attempt, suspended=True)
+    again = reconciled(held, halted)
+    assert (again.status.phase, again.events) == ("Suspended", [])
+    assert [m for m in again.apply if m["kind"] == "Job"] == created(again, "Job") == []
+
+    resumed = reconciled(suspended(held, False), halted)
+    assert resumed.status.phase == phase
+    assert created(resumed, "Job") == []
+    assert resumed.apply[-1]["spec"] == {"suspend": False}
+    assert resumed.apply[-1]["metadata"]["name"] == name
+    assert conditions(resumed)["Suspended"] == ("False", "Resumed")
+
+
+def test_suspended_before_a_phase_creates_its_job_nothing_is_created_until_unsuspended() -> None:
+    ftj = suspended(job(), True)
+    ftj.status.phase = "Training"
+    first = step(ftj, gate())  # training complete: the evaluation would start now
+    assert first.status.phase == "Suspended"
+    assert created(first, "Job") == []
+    message = next(c.message for c in first.status.conditions if c.type == "Suspended")
+    assert "nothing started; unsuspend to resume the evaluation of step 200" in message
+    ftj.spec.suspend = False
+    resumed = step(ftj, gate())
+    assert [m["metadata"]["name"] for m in created(resumed, "Job")] == ["support-assistant-sft-evaluate"]
+    assert resumed.status.phase == "Evaluating"
+    assert conditions(resumed)["Suspended"] == ("False", "Resumed")

@@ -55,6 +55,8 @@ class ConditionType(StrEnum):
     APPROVED = "Approved"  # a reviewer approved (only when the gate requires approval)
     PROMOTED = "Promoted"  # the artifact is published with its manifest
     SUSPENDED = "Suspended"
+    # every Secret and ServiceAccount the job names exists; False (no new pod is started) until they do
+    REFERENCES_RESOLVED = "ReferencesResolved"
     SUCCEEDED = "Succeeded"  # terminal: trained (and, with a gate, promoted)
     FAILED = "Failed"  # terminal: the reason says what to change
     RECONCILE_ERROR = "ReconcileError"  # True while the operator keeps failing to reconcile the job
@@ -81,7 +83,10 @@ class Reason(StrEnum):
     SUSPENDED_BY_USER = "SuspendedByUser"
     RESUMED = "Resumed"
     SCHEDULED = "Scheduled"
+    REFERENCES_RESOLVED = "ReferencesResolved"
     # waiting on the cluster
+    SECRET_NOT_FOUND = "SecretNotFound"  # a Secret the spec names does not exist (yet)
+    SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"  # the pods' ServiceAccount does not exist (yet)
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
     QUEUED = "Queued"

@@ -237,7 +237,10 @@ class RunPolicy(ApiModel):
     """How long and how often to try. These may change while the job runs."""
 
     max_runtime: Duration | None = Field(
-        default=None, description="Wall time from first pod start, e.g. 24h."
+        default=None,
+        description="Wall time from the first training pod start (status.startTime), e.g. 24h; time queued "
+        "(Kueue) or suspended before that does not count. When reached, the pods are stopped and the job "
+        "fails with MaxRuntimeExceeded; checkpoints are kept.",
     )
     retry_limit: Annotated[int, Field(ge=0, le=100)] = 3
     artifact_cleanup: Literal["Retain", "Delete"] = Field(
@@ -278,7 +281,11 @@ class FineTuneJobSpec(ApiModel):
     image: Image | None = Field(
         default=None, description="Trainer image override; the operator's configured image when unset."
     )
-    service_account_name: Name | None = None
+    service_account_name: Name | None = Field(
+        default=None,
+        description="ServiceAccount the job's pods run as; the operator's trainer default when unset. While "
+        "it is missing, no pod starts: condition ReferencesResolved False, reason ServiceAccountNotFound.",
+    )
     storage: S3Storage
     eval_gate_ref: LocalObjectReference | None = Field(
         default=None, description="EvalGate in the same namespace that must pass before promotion."
@@ -289,7 +296,12 @@ class FineTuneJobSpec(ApiModel):
         description="ModelDeployment in the same namespace that rolls the promoted version out (needs "
         "outputUri).",
     )
-    suspend: bool = False
+    suspend: bool = Field(
+        default=False,
+        description="true: the running Job of any phase (validation, training, evaluation, promotion) is "
+        "suspended, its pods stopped, and none is started; phase Suspended, the Suspended condition naming "
+        "what resumes. false: that same Job resumes; nothing that completed runs again.",
+    )
 
     immutable_except: ClassVar[frozenset[str] | None] = frozenset({"suspend", "run_policy"})
     immutable_hint: ClassVar[str] = "only suspend and runPolicy may change; create a new FineTuneJob instead"

@@ -124,7 +124,11 @@ class FineTuneJobStatus(ApiModel):
     conditions: Annotated[list[Condition], Field(max_length=32)] = Field(default_factory=list)
     observed_generation: int | None = None
     run_id: ShortText | None = None
-    start_time: datetime | None = None
+    start_time: datetime | None = Field(
+        default=None,
+        description="When the first training pod started (time queued or suspended before it does not "
+        "count); runPolicy.maxRuntime and the ETA count from here. Recorded once.",
+    )
     completion_time: datetime | None = None
     attempts: Annotated[int, Field(ge=0)] = 0
     progress: Progress | None = None

@@ -1,5 +1,7 @@
 """Observing a FineTuneJob: its children from the watch-fed indexes (no API calls), its EvalGate and its
-Secret from the API (the Secret cached for SECRET_TTL), and from S3 only what reconcile needs now.
+Secret from the API (the Secret cached for SECRET_TTL), whether the Secrets and ServiceAccount it names
+exist (metadata only; a found one is trusted for SECRET_TTL, a missing one looked up on every step), and
+from S3 only what reconcile needs now.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from typing import Any
 
 from finetune_api.admission import POLICIES, POLICY_FILE
 from finetune_api.plan import RunPlan
-from finetune_api.v1alpha1 import FineTuneJob
+from finetune_api.v1alpha1 import FineTuneJob, Phase
 from finetune_operator.builders.names import evaluation_job_name, promotion_job_name, validation_job_name
 from finetune_operator.handlers import parse
 from finetune_operator.kube.client import KubeClient, KubeError
-from finetune_operator.observed import JobObservation, JobOutcome, Observed, StorageObservation
+from finetune_operator.observed import JobObservation, JobOutcome, Observed, Reference, StorageObservation
 from finetune_operator.reconcile import storage_reads
+from finetune_operator.reconcile.references import named
 from finetune_operator.settings import Settings
 from finetune_operator.storage.s3 import S3Target, observe_run
 
@@ -51,6 +54,24 @@ class Observer:
     settings: Settings
     secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = field(default_factory=dict)
     policy: tuple[float, str | None] | None = None  # (read at, problem) of the approval policies
+    found: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (kind, ns, name) -> seen at
+
+    async def references(self, job: FineTuneJob) -> tuple[Reference, ...]:
+        """The Secrets and ServiceAccount the job names, each with whether it exists."""
+        namespace = job.metadata.namespace or ""
+        looked: list[Reference] = []
+        for ref in named(job, self.settings):
+            key = (ref.kind, namespace, ref.name)
+            seen = self.found.get(key)
+            exists = True
+            if seen is None or time.monotonic() - seen > SECRET_TTL:
+                exists = await self.kube.exists(ref.kind, namespace, ref.name)
+                if exists:
+                    self.found[key] = time.monotonic()
+                else:
+                    self.found.pop(key, None)
+            looked.append(replace(ref, found=exists))
+        return tuple(looked)
 
     async def approval_policy_problem(self) -> str | None:
         """Why approvals cannot be trusted now: an approval policy or its binding is missing (or cannot be
@@ -75,7 +96,8 @@ class Observer:
             if cached is None or time.monotonic() - cached[0] > SECRET_TTL:
                 body = await self.kube.get("Secret", namespace, ref.name)
                 cached = (time.monotonic(), (body or {}).get("data", {}))
-                self.secrets[key] = cached
+                if body is not None:  # a missing Secret is read again as soon as it is needed
+                    self.secrets[key] = cached
             access = parse.secret_value(cached[1], ref.access_key_id_key)
             secret = parse.secret_value(cached[1], ref.secret_access_key_key)
         return S3Target(
@@ -115,6 +137,7 @@ class Observer:
             gate=gate,
             gate_problem=problem,
             approval_policy_problem=policy_problem,
+            references=() if Phase(job.status.phase).terminal else await self.references(job),
         )
         reads = storage_reads(observed)
         if not reads:

@@ -47,7 +47,8 @@ def job_observation(body: Mapping[str, Any]) -> JobObservation:
 
 
 def pod_observation(body: Mapping[str, Any]) -> PodObservation:
-    """A Pod: its phase, why a container waits (image pull, config error), why it is unschedulable."""
+    """A Pod: its phase, why a container waits (image pull, config error), why it is unschedulable, and
+    when the kubelet started it."""
     status = body.get("status") or {}
     metadata = body.get("metadata") or {}
     waiting_reason = waiting_message = unschedulable = ""
@@ -65,6 +66,7 @@ def pod_observation(body: Mapping[str, Any]) -> PodObservation:
         waiting_reason=waiting_reason,
         waiting_message=waiting_message,
         unschedulable_message=unschedulable,
+        start_time=dt.datetime.fromisoformat(start) if (start := status.get("startTime")) else None,
     )
 
 

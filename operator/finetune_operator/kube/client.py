@@ -23,6 +23,7 @@ from finetune_operator.metrics import METRICS, Metrics
 
 FIELD_MANAGER = "finetune-operator"
 APPLY = "application/apply-patch+yaml"
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 MERGE = "application/merge-patch+json"
 
 # kind -> (API prefix, plural)
@@ -30,6 +31,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
     "Service": ("/api/v1", "services"),
     "Secret": ("/api/v1", "secrets"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Event": ("/api/v1", "events"),
     "Job": ("/apis/batch/v1", "jobs"),
     "Deployment": ("/apis/apps/v1", "deployments"),
@@ -94,12 +96,15 @@ class KubeClient:
         *,
         parse: bool = True,
         expected: tuple[int, ...] = (),
+        accept: str | None = None,
         **params: str,
     ) -> dict[str, Any]:
         """The response as a dict; `parse=False` skips decoding it (writes whose answer nobody reads).
         A refusal raises KubeError; it counts as an API error unless its code is in `expected`."""
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
+        if accept is not None:
+            headers["Accept"] = accept
         try:
             async with self.session.request(
                 method, url, data=data, headers=headers, params=params
@@ -197,6 +202,17 @@ class KubeClient:
             if err.status == 404:
                 return None
             raise
+
+    async def exists(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether the object exists, reading only its metadata (a Secret's data never leaves the server)."""
+        url = self._url(kind, namespace, name)
+        try:
+            await self._request("get", "GET", url, expected=(404,), parse=False, accept=METADATA_ONLY)
+        except KubeError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete with background propagation (the Job's pods go too); absent is fine."""

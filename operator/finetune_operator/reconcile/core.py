@@ -1,5 +1,6 @@
 """The core every phase of reconcile shares: one `Step` (what was observed, the run plan, the decision
-being built) and the verbs phases use to build it (conditions, events, fail, wait, poll).
+being built), the verbs phases use to build it (conditions, events, fail, wait, poll), and the one suspend
+rule every phase that runs a Job follows (`Step.suspended`).
 
 What a phase hands to the next is its return value (`Trained`), and what a transition has yet to tell
 rides on the decision (`Decision.notes`). Pure: no I/O, no clock.
@@ -16,7 +17,7 @@ from finetune_api.trainer_config import TrainContract
 from finetune_api.v1alpha1 import ConditionType, FineTuneJob, Phase, Reason
 from finetune_api.v1alpha1.conditions import ConditionStatus
 from finetune_api.v1alpha1.finetunejob import CheckpointRecord
-from finetune_operator.observed import Decision, Observed
+from finetune_operator.observed import Decision, JobObservation, Manifest, Observed
 from finetune_operator.reconcile import status as st
 from finetune_operator.settings import Settings
 
@@ -109,12 +110,43 @@ class Step:
 
     @property
     def deadline(self) -> datetime | None:
-        """runPolicy.maxRuntime after training started, if both are known."""
+        """runPolicy.maxRuntime after the first training pod started, if both are known."""
         limit = self.job.spec.run_policy.max_runtime
         start = self.decision.status.start_time
         if limit is None or start is None:
             return None
         return start + timedelta(seconds=parse_duration(limit))
+
+    def suspended(self, child: JobObservation | None, what: str, *, kueue: bool = False) -> bool:
+        """`spec.suspend`, one rule for every phase that runs a Job (`child`, None before it exists):
+        True while the phase must hold (the caller returns), False when it goes on.
+
+        suspend true   the Job is suspended (its pods stop; the Job and what its pods wrote stay), no Job
+                       is created, phase Suspended, the Suspended condition names what resumes (`what`)
+        suspend false  a suspended Job is resumed (unless Kueue admits it: `kueue`), and a job that was
+                       Suspended says what it resumed; the phase then sets its own phase
+        A finished Job is past suspending: its phase goes on, and the next one holds before its Job.
+        """
+        if self.job.spec.suspend and child is not None and child.outcome is not None:
+            return False
+        if self.job.spec.suspend:
+            if child is not None and not child.suspended:
+                self.decision.apply.append(suspend_patch(child.name, suspend=True))
+            stopped = "pods stopped" if child is not None else "nothing started"
+            message = f"suspended: {stopped}; unsuspend to resume {what}"
+            if self.job.status.phase != Phase.SUSPENDED:
+                self.event(Reason.SUSPENDED_BY_USER, message)
+            self.condition(ConditionType.SUSPENDED, "True", Reason.SUSPENDED_BY_USER, message)
+            self.decision.status.phase = Phase.SUSPENDED
+            self.wait()
+            return True
+        if child is not None and child.outcome is None and child.suspended and not kueue:
+            self.decision.apply.append(suspend_patch(child.name, suspend=False))
+        if self.job.status.phase == Phase.SUSPENDED:
+            message = f"resumed {what}"
+            self.condition(ConditionType.SUSPENDED, "False", Reason.RESUMED, message)
+            self.event(Reason.RESUMED, message)
+        return False
 
     def scheduling(self, job_name: str) -> None:
         """Surface why the pods of `job_name` are not running, from the pods themselves."""
@@ -134,3 +166,8 @@ class Step:
             self.condition(
                 ConditionType.PODS_SCHEDULED, "True", Reason.SCHEDULED, f"pods of job {job_name} run"
             )
+
+
+def suspend_patch(name: str, *, suspend: bool) -> Manifest:
+    """The server-side apply of a Job's `spec.suspend` (Kubernetes stops or restarts its pods)."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {"suspend": suspend}}

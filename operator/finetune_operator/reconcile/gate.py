@@ -1,8 +1,9 @@
 """Evaluating and AwaitingApproval: the EvalGate judges the trained checkpoint, then a reviewer may.
 
-Evaluating: the evaluation Job scores the candidate (the run plan's `candidate`) and the baseline (the
-    plan's `baseline`) on the gate's suites -> the plan's `verdict` (failing closed) in status and in
-    the EvalGate's history; failed, or any error -> Rejected, nothing published
+Evaluating: the evaluation Job (suspended by spec.suspend like every phase's Job) scores the candidate
+    (the run plan's `candidate`) and the baseline (the plan's `baseline`) on the gate's suites -> the
+    plan's `verdict` (failing closed) in status and in the EvalGate's history; failed, or any error ->
+    Rejected, nothing published
 AwaitingApproval (gate.requireApproval): until an approval or a rejection of this verdict (its id) by
     one of the gate's approvers, as the admission policies vouch; others are ignored with an Event
 """
@@ -46,6 +47,9 @@ def _evaluate(step: Step, trained: Trained, gate_name: str) -> None:
     observed, status = step.observed, step.decision.status
     status.phase = Phase.EVALUATING
     evaluation, gate = observed.evaluation, observed.gate
+    name = evaluation_job_name(step.job.metadata.name)
+    if step.suspended(evaluation, f"the evaluation of step {trained.best.step} (job {name})"):
+        return
     if evaluation is None:
         _start(step, trained, gate_name)
         return

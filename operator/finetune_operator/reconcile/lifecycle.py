@@ -5,6 +5,7 @@ so running it twice, or after an operator restart, asks for nothing new: childre
 names (`<name>-validate`, `<name>-train-<attempt>`), the current attempt is the highest one observed, and
 creation of an existing child is a no-op in the I/O layer.
 
+    references        (before any Job; phase kept)    -> every Secret and ServiceAccount named exists
     validate.phase    ValidatingData                  -> the validated row count
     train.phase       Pending, Training, Suspended    -> `Trained`: the contract and the judged checkpoint
                       (no EvalGate: Succeeded)
@@ -13,8 +14,11 @@ creation of an existing child is a no-op in the I/O layer.
     promote.phase     Promoting                       -> the published version -> Succeeded
 
 Each phase returns what the next needs, or None while it is not done (or after it ended the run); a new
-phase is a module here and a line below. The run plan (`finetune_api.plan.RunPlan`) names every path and
-builds every trainer contract; a `PermanentError` from any phase fails the run with its reason.
+phase is a module here and a line below. `spec.suspend` is one rule for every phase that runs a Job
+(`Step.suspended`): the phase's Job is suspended, or not yet created, the phase shows Suspended naming what
+resumes, and unsuspending resumes that same Job; a Job that already finished is never run again. The run
+plan (`finetune_api.plan.RunPlan`) names every path and builds every trainer contract; a `PermanentError`
+from any phase fails the run with its reason.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from finetune_api.errors import PermanentError
 from finetune_api.plan import RunPlan
 from finetune_api.v1alpha1 import ConditionType, FineTuneJob, Phase, Reason
 from finetune_operator.observed import Decision, JobOutcome, Observed
-from finetune_operator.reconcile import gate, promote, train, validate
+from finetune_operator.reconcile import gate, promote, references, train, validate
 from finetune_operator.reconcile import status as st
 from finetune_operator.reconcile.core import Step
 from finetune_operator.settings import Settings
@@ -60,6 +64,8 @@ def _stamped(decision: Decision, previous: Phase, now: datetime) -> Decision:
 
 
 def _phases(step: Step) -> None:
+    if not references.resolved(step):
+        return
     rows = validate.phase(step)
     if rows is None:
         return

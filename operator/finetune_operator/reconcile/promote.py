@@ -2,6 +2,7 @@
 
 no Job yet   -> create it with the promote contract (checkpoint, verdict, approval, version)
 Job failed   -> Failed: no manifest was written, so nothing is published
+spec.suspend -> the Job suspended (or none created), phase Suspended; unsuspend resumes the same Job
 Job complete -> the manifest read back, its digest in status -> the run's Succeeded message
 """
 
@@ -22,12 +23,15 @@ def phase(step: Step, trained: Trained, gate_name: str, result: GateResult) -> s
     version = step.plan.version_uri
     best = trained.best
     promotion = observed.promotion
+    name = promotion_job_name(job.metadata.name)
+    if step.suspended(promotion, f"the promotion of step {best.step} to {version} (job {name})"):
+        return None
     if promotion is None:
         contract = step.plan.promote_contract(
             trained.contract, gate_name=gate_name, result=result, approval=status.approval, step=best.step
         )
         step.decision.create.append(promotion_job(job, step.settings, contract))
-        message = f"job {promotion_job_name(job.metadata.name)} publishes step {best.step} to {version}"
+        message = f"job {name} publishes step {best.step} to {version}"
         step.condition(ConditionType.PROMOTED, "Unknown", Reason.PROMOTION_RUNNING, message)
         step.event(Reason.PROMOTION_RUNNING, message)
         step.wait()

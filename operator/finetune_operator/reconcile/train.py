@@ -3,20 +3,23 @@
 "auto" hyperparameters resolved by the run plan from the validated row count -> the ConfigMap
 attempt N Job (+ headless Service for multi-node)
     failed -> attempt N+1 resumes from the newest complete checkpoint, up to runPolicy.retryLimit
-    suspend -> Job suspended (pods stop, checkpoints stay); unsuspend resumes
-    runPolicy.maxRuntime since the first attempt started -> Failed
+    suspend -> Job suspended (pods stop, checkpoints stay), or none started; unsuspend resumes the same Job
+    runPolicy.maxRuntime since the first training pod started (`status.startTime`, recorded once: time
+    queued in Kueue or suspended before any pod ran does not count) -> Failed
 Complete -> checkpoints and the best one recorded -> `Trained`, for the gate or for Succeeded
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from finetune_api.v1alpha1 import ConditionType, Phase, Reason
 from finetune_api.v1alpha1.finetunejob import CheckpointRecord
 from finetune_operator.builders.names import training_job_name
 from finetune_operator.builders.workloads import CONFIG_KEY, config_map, headless_service, training_job
-from finetune_operator.observed import JobObservation, JobOutcome, Manifest
+from finetune_operator.observed import JobObservation, JobOutcome
 from finetune_operator.reconcile import status as st
-from finetune_operator.reconcile.core import Step, Trained
+from finetune_operator.reconcile.core import Step, Trained, suspend_patch
 
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # the reason of a Job stopped by its activeDeadlineSeconds
 
@@ -35,15 +38,12 @@ def phase(step: Step, rows: int) -> Trained | None:
 
     attempts = sorted((j for j in observed.training if j.attempt is not None), key=lambda j: j.attempt or 0)
     if not attempts:
-        if job.spec.suspend:
-            _suspended(step, at=0)
-            return None
-        status.start_time = status.start_time or step.now
-        _start_attempt(step, 1)
+        if not step.suspended(None, f"training (job {training_job_name(job.metadata.name, 1)})"):
+            _start_attempt(step, 1)
         return None
     current = attempts[-1]
     status.attempts = max(status.attempts, current.attempt or 1)
-    status.start_time = status.start_time or current.start_time or step.now
+    status.start_time = status.start_time or _first_pod_start(step, attempts)
     if _over_max_runtime(step, current):
         return None
     if current.outcome == JobOutcome.FAILED:
@@ -63,7 +63,7 @@ def phase(step: Step, rows: int) -> Trained | None:
 
 def _start_attempt(step: Step, attempt: int) -> None:
     job, status = step.job, step.decision.status
-    deadline = step.deadline
+    deadline = step.deadline  # unknown until a pod started: then only the operator enforces maxRuntime
     remaining = None if deadline is None else int((deadline - step.now).total_seconds())
     step.decision.create.append(
         training_job(job, step.settings, attempt=attempt, active_deadline_seconds=remaining)
@@ -87,6 +87,18 @@ def _start_attempt(step: Step, attempt: int) -> None:
     step.poll()
 
 
+def _first_pod_start(step: Step, attempts: list[JobObservation]) -> datetime | None:
+    """When the first training pod started: the earliest pod `status.startTime` of any attempt. A Job's own
+    startTime is no substitute while pods are observed (it is set when the Job controller starts it, before
+    pods run, and reset on every resume); it is used only for a finished attempt whose pods are gone."""
+    names = {j.name for j in attempts}
+    pods = [p.start_time for p in step.observed.pods if p.job_name in names and p.start_time is not None]
+    if pods:
+        return min(pods)
+    finished = [j.start_time for j in attempts if j.outcome is not None and j.start_time is not None]
+    return min(finished, default=None)
+
+
 def _latest_step(step: Step) -> int:
     return max((m.step for m in step.observed.storage.checkpoints), default=0)
 
@@ -96,7 +108,7 @@ def _over_max_runtime(step: Step, current: JobObservation) -> bool:
     over = current.outcome == JobOutcome.FAILED and current.reason == DEADLINE_EXCEEDED
     if deadline is not None and step.now >= deadline and current.outcome is None:
         over = True
-        step.decision.apply.append(_suspend_patch(current.name, suspend=True))  # stop the pods now
+        step.decision.apply.append(suspend_patch(current.name, suspend=True))  # stop the pods now
     if over:
         limit = step.job.spec.run_policy.max_runtime
         step.fail(
@@ -112,6 +124,9 @@ def _retry_or_fail(step: Step, current: JobObservation) -> None:
     limit = step.job.spec.run_policy.retry_limit
     why = current.message or current.reason or "the pod failed"
     if attempt <= limit:
+        name = training_job_name(step.job.metadata.name, attempt + 1)
+        if step.suspended(None, f"training from step {_latest_step(step)} (job {name})"):
+            return
         step.event(Reason.RETRYING, f"attempt {attempt} failed: {why}", warning=True)
         _start_attempt(step, attempt + 1)
         return
@@ -147,18 +162,9 @@ def _complete(step: Step) -> list[CheckpointRecord]:
 def _running(step: Step, current: JobObservation) -> None:
     job, status = step.job, step.decision.status
     queued = bool(job.spec.resources.queue_name)
-    if job.spec.suspend:
-        if not current.suspended:
-            step.decision.apply.append(_suspend_patch(current.name, suspend=True))
-        _suspended(step, at=_latest_step(step))
+    what = f"training from step {_latest_step(step)} (job {current.name})"
+    if step.suspended(current, what, kueue=queued):
         return
-    was_suspended = status.phase == Phase.SUSPENDED
-    if current.suspended and not queued:
-        step.decision.apply.append(_suspend_patch(current.name, suspend=False))
-    if was_suspended:
-        message = f"resumed: job {current.name} continues from step {_latest_step(step)}"
-        step.condition(ConditionType.SUSPENDED, "False", Reason.RESUMED, message)
-        step.event(Reason.RESUMED, message)
     if current.suspended and queued:
         status.phase = Phase.PENDING
         step.condition(
@@ -176,17 +182,3 @@ def _running(step: Step, current: JobObservation) -> None:
         step.poll()  # progress lives in S3: no watch event announces it
     else:
         step.wait()
-
-
-def _suspended(step: Step, *, at: int) -> None:
-    status = step.decision.status
-    if status.phase != Phase.SUSPENDED:
-        message = f"suspended: pods stopped, checkpoints kept; unsuspend to resume from step {at}"
-        step.condition(ConditionType.SUSPENDED, "True", Reason.SUSPENDED_BY_USER, message)
-        step.event(Reason.SUSPENDED_BY_USER, message)
-    status.phase = Phase.SUSPENDED
-    step.wait()
-
-
-def _suspend_patch(name: str, *, suspend: bool) -> Manifest:
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {"suspend": suspend}}

@@ -2,6 +2,7 @@
 
 no Job yet        -> create it (its contract in the pod's annotation), phase ValidatingData
 Job running       -> surface pod problems, wait for its watch event
+spec.suspend      -> the Job suspended (or none created), phase Suspended; unsuspend resumes the same Job
 Job finished      -> read the data report: passed -> DataValidated True, the row count for "auto";
                      failed, or no report -> Failed with the rules that failed
 """
@@ -24,12 +25,13 @@ def phase(step: Step) -> int | None:
         return status.data_report.rows.get("training", 0)
     validation = observed.validation
     uri = step.plan.layout.data_report
+    name = validation_job_name(step.job.metadata.name)
+    if step.suspended(validation, f"the data validation (job {name})"):
+        return None
     if validation is None:
         step.decision.create.append(validation_job(step.job, step.settings, step.plan.validate_contract()))
         status.phase = Phase.VALIDATING_DATA
-        message = (
-            f"job {validation_job_name(step.job.metadata.name)} checks the data before any GPU is requested"
-        )
+        message = f"job {name} checks the data before any GPU is requested"
         step.condition(ConditionType.DATA_VALIDATED, "Unknown", Reason.VALIDATION_RUNNING, message)
         step.event(Reason.VALIDATION_RUNNING, message)
         step.wait()
