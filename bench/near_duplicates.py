@@ -48,7 +48,7 @@ from finetune_trainer.data.rows import read_jsonl  # noqa: E402
 LENGTHS = (10, 25, 50, 100, 250, 500, 1000)
 KINDS = ("substitution", "insertion", "deletion", "punct/case/space", "sentence reorder", "appended sentence")
 AIM_RECALL, AIM_PRECISION, AIM_SECONDS = 0.95, 0.99, 60.0
-FUNCTION_WORDS = (
+FUNCTION_WORDS = (  # noqa: SIM905 (the commonest English words, most frequent first)
     "the of and to a in is you that it he was for on are as with his they i at be this have from or one "
     "had by but not what all were we when your can said there use an each which she do how their if will "
     "up other about out many then them these so some her would make like him into time has look two more "
@@ -73,10 +73,20 @@ class Words:
                 self.vocabulary.append(word)
         weights = 1.0 / (np.arange(size) + 2.7) ** 1.05
         self.cumulative = np.cumsum(weights / weights.sum())
+        self.rng = np.random.default_rng(seed)
+        self.buffer: list[str] = []
+        self.at = 0
 
-    def draw(self, rng: np.random.Generator, count: int) -> list[str]:
-        picks = np.searchsorted(self.cumulative, rng.random(count), side="right")
-        return [self.vocabulary[min(i, len(self.vocabulary) - 1)] for i in picks]
+    def draw(self, count: int) -> list[str]:
+        """`count` words at random, from a buffer drawn a million at a time."""
+        if self.at + count > len(self.buffer):
+            fresh = np.searchsorted(self.cumulative, self.rng.random(max(count, 1_000_000)), side="right")
+            self.buffer = self.buffer[self.at :] + [
+                self.vocabulary[min(i, len(self.vocabulary) - 1)] for i in fresh
+            ]
+            self.at = 0
+        self.at += count
+        return self.buffer[self.at - count : self.at]
 
 
 Sentence = list[str]
@@ -126,7 +136,7 @@ def _sentences(words: Words, rng: np.random.Generator, total: int) -> list[Sente
     if sizes[-1] < 2 and len(sizes) > 1:
         last = sizes.pop()
         sizes[-1] += last
-    drawn = words.draw(rng, total)
+    drawn = words.draw(total)
     out, at = [], 0
     for size in sizes:
         out.append(drawn[at : at + size])
@@ -139,9 +149,7 @@ class Generator:
         self.words = Words()
         self.rng = np.random.default_rng(seed)
         template_rng = np.random.default_rng(seed + 1)
-        self.templates = [
-            self.words.draw(template_rng, int(template_rng.integers(6, 13))) for _ in range(40)
-        ]
+        self.templates = [self.words.draw(int(template_rng.integers(6, 13))) for _ in range(40)]
 
     def conversation(self, length: int) -> Conversation:
         """About `length` words, a third of the time after one of the instruction templates."""
@@ -170,10 +178,10 @@ class Generator:
                 if kind == "substitution":
                     new = sentence[at]
                     while new == sentence[at]:
-                        new = self.words.draw(rng, 1)[0]
+                        new = self.words.draw(1)[0]
                     sentence[at] = new
                 elif kind == "insertion":
-                    sentence.insert(at, self.words.draw(rng, 1)[0])
+                    sentence.insert(at, self.words.draw(1)[0])
                 elif len(sentence) > 2:
                     del sentence[at]
                 else:
@@ -181,6 +189,7 @@ class Generator:
                     del longest[int(rng.integers(len(longest)))]
             return copy, None
         if kind == "punct/case/space":
+
             def noisy(sentence: Sentence) -> str:
                 out = []
                 for word in sentence:
@@ -203,7 +212,7 @@ class Generator:
         if kind == "appended sentence":
             size = int(rng.integers(5, 13))
             size = min(size, max(2, original.words() // 2))
-            copy.assistant.append(self.words.draw(rng, size))
+            copy.assistant.append(self.words.draw(size))
             return copy, None
         raise ValueError(kind)
 
@@ -234,22 +243,28 @@ def detect(texts: list[str]) -> list[duplicates.Match | None]:
     return duplicates.Index(duplicates.Sketches(texts, ids, framing)).training_matches()
 
 
-def accuracy(args: argparse.Namespace) -> bool:
+@dataclass
+class Planted:
+    rows: list[dict[str, Any]]
+    distinct: int  # the first rows; the planted copies follow
+    templated: int
+    origin: dict[int, int]  # copy -> its original
+    cell: dict[int, tuple[str, int]]  # copy -> (edit kind, length)
+    length_of: list[int]
+    old_hits: Counter[tuple[str, int]]  # copies the rule before would flag, per cell
+
+
+def plant(args: argparse.Namespace) -> Planted:
     gen = Generator(args.seed)
-    conversations: list[Conversation] = []
-    length_of: list[int] = []
-    for length in LENGTHS:
-        for _ in range(args.rows_per_length):
-            conversations.append(gen.conversation(length))
-            length_of.append(length)
+    conversations = [gen.conversation(n) for n in LENGTHS for _ in range(args.rows_per_length)]
+    length_of = [n for n in LENGTHS for _ in range(args.rows_per_length)]
     base = len(conversations)
     rows = [c.row() for c in conversations]
     origin: dict[int, int] = {}
     cell: dict[int, tuple[str, int]] = {}
     old_hits: Counter[tuple[str, int]] = Counter()
-    chosen = iter(random.Random(args.seed).sample(range(base), base))
     picked: dict[int, list[int]] = defaultdict(list)
-    for i in chosen:
+    for i in random.Random(args.seed).sample(range(base), base):
         picked[length_of[i]].append(i)
     for length in LENGTHS:
         pool = iter(picked[length])
@@ -263,14 +278,30 @@ def accuracy(args: argparse.Namespace) -> bool:
                 cell[len(rows)] = (kind, length)
                 rows.append(copy.row(render))
                 length_of.append(length)
-                if old_rule(rows[original], rows[-1]):
-                    old_hits[(kind, length)] += 1
+                old_hits[(kind, length)] += old_rule(rows[original], rows[-1])
     order = list(range(base, len(rows)))
     random.Random(args.seed + 5).shuffle(order)  # copies after all originals, in no particular order
-    rows = rows[:base] + [rows[i] for i in order]
-    origin = {base + k: origin[i] for k, i in enumerate(order)}
-    cell = {base + k: cell[i] for k, i in enumerate(order)}
-    length_of = length_of[:base] + [length_of[i] for i in order]
+    return Planted(
+        rows[:base] + [rows[i] for i in order],
+        base,
+        sum(c.template is not None for c in conversations),
+        {base + k: origin[i] for k, i in enumerate(order)},
+        {base + k: cell[i] for k, i in enumerate(order)},
+        length_of[:base] + [length_of[i] for i in order],
+        old_hits,
+    )
+
+
+def accuracy(args: argparse.Namespace) -> bool:
+    planted = plant(args)
+    rows, base, origin, cell, length_of = (
+        planted.rows,
+        planted.distinct,
+        planted.origin,
+        planted.cell,
+        planted.length_of,
+    )
+    old_hits, templated = planted.old_hits, planted.templated
     texts = texts_of(rows)
     start = time.perf_counter()
     matches = detect(texts)
@@ -288,13 +319,14 @@ def accuracy(args: argparse.Namespace) -> bool:
         else:
             false_at[length_of[i]] += 1
             if len(false_examples) < 3:
-                false_examples.append(f"    row {i} ({match[0]} of {match[1]}): {texts[i][:90]!r} ~ {texts[match[1]][:90]!r}")
-    templated = sum(c.template is not None for c in conversations)
+                false_examples.append(
+                    f"    row {i} ({match[0]} of {match[1]}): {texts[i][:90]!r} ~ {texts[match[1]][:90]!r}"
+                )
     print(
         f"{len(rows):,} rows ({base:,} distinct, {templated:,} of them after a shared template; "
         f"{len(rows) - base:,} planted copies), duplicate index {took:.1f} s"
     )
-    print(f"\nrecall, gates now (before: word 3-gram Jaccard >= 0.8 with role labels, on the pair itself)")
+    print("\nrecall, gates now (before: word 3-gram Jaccard >= 0.8 with role labels, on the pair itself)")
     print(f"{'kind':<20}" + "".join(f"{n:>14}" for n in LENGTHS))
     met = True
     for kind in KINDS:
@@ -312,8 +344,10 @@ def accuracy(args: argparse.Namespace) -> bool:
         line += f"{precision:>7.3f} {false_at[length]:>3}fp "
     print(line)
     print("\n".join(false_examples))
-    print(f"aim: recall >= {AIM_RECALL} on every kind and length at precision >= {AIM_PRECISION}: "
-          f"{'met' if met else 'NOT met'}")
+    print(
+        f"aim: recall >= {AIM_RECALL} on every kind and length at precision >= {AIM_PRECISION}: "
+        f"{'met' if met else 'NOT met'}"
+    )
     return met
 
 
@@ -328,17 +362,22 @@ def speed(args: argparse.Namespace) -> None:
         original = conversations[rng.randrange(distinct)]
         copy, render = gen.edit(rng.choice(KINDS[:4]), original)
         assert copy is not None
-        rows.insert(rng.randrange(len(rows) + 1), copy.row(render))
+        rows.append(copy.row(render))
     texts = texts_of(rows)
     words = sum(len(t.split()) for t in texts) / len(texts)
-    print(f"\nspeed: {len(rows):,} rows of 10 to 100 words ({words:.0f} a row) made in {time.perf_counter() - start:.0f} s; "
-          f"{os.cpu_count()} cores")
+    print(
+        f"\nspeed: {len(rows):,} rows of 10 to 100 words ({words:.0f} a row, made in "
+        f"{time.perf_counter() - start:.0f} s), {os.cpu_count()} cores"
+    )
     start = time.perf_counter()
     matches = detect(texts)
     took = time.perf_counter() - start
     flagged = sum(m is not None for m in matches)
-    print(f"duplicate index, texts to matches: {took:.1f} s ({len(rows) / took:,.0f} rows/s), {flagged:,} flagged "
-          f"({args.scale - distinct:,} planted); aim under {AIM_SECONDS:.0f} s: {'met' if took < AIM_SECONDS else 'NOT met'}")
+    print(
+        f"duplicate index, texts to matches: {took:.1f} s ({len(rows) / took:,.0f} rows/s), "
+        f"{flagged:,} flagged ({args.scale - distinct:,} planted); aim under {AIM_SECONDS:.0f} s: "
+        f"{'met' if took < AIM_SECONDS else 'NOT met'}"
+    )
     sample = texts[: args.sample]
     start = time.perf_counter()
     lsh = MinHashLSH(threshold=0.5, num_perm=128)
@@ -350,8 +389,10 @@ def speed(args: argparse.Namespace) -> None:
         lsh.query(sketch)
         lsh.insert(str(i), sketch)
     naive = (time.perf_counter() - start) * len(texts) / len(sample)
-    print(f"baseline, plain datasketch on {len(sample):,} rows scaled to {len(texts):,}: {naive:.0f} s; "
-          f"ratio baseline / gates: {naive / took:.1f}x")
+    print(
+        f"baseline, plain datasketch on {len(sample):,} rows scaled to {len(texts):,}: {naive:.0f} s; "
+        f"ratio baseline / gates: {naive / took:.1f}x"
+    )
 
 
 def main() -> None:
@@ -361,7 +402,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1_000_000, help="rows for the speed run (0: skip)")
     parser.add_argument("--sample", type=int, default=5_000, help="rows for the plain datasketch baseline")
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="1,000 rows a length, 40 plants, 100,000 to time")
+    parser.add_argument(
+        "--quick", action="store_true", help="1,000 rows a length, 40 plants, 100,000 to time"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rows_per_length, args.plants, args.scale, args.sample = 1000, 40, 100_000, 2_000

@@ -12,7 +12,7 @@ from PIL import Image
 
 from finetune_api.v1alpha1.common import DatasetFormat
 from finetune_api.v1alpha1.finetunejob import DataGates
-from finetune_trainer.data import gates, pii
+from finetune_trainer.data import duplicates, gates, pii
 from finetune_trainer.data.rows import MAX_PROBLEMS, read_jsonl
 from helpers.datagen import chat_rows, jsonl, near_copy, preference_rows
 
@@ -210,3 +210,103 @@ def test_images_tell_rows_apart_and_their_bytes_are_not_scanned_as_text() -> Non
     labelled = [{"image": image(v), "label": "red"} for v in range(0, 250, 10)]
     report = gates.run({"training": read_jsonl("labels.jsonl", jsonl(labelled))}, DataGates()).report
     assert (report.duplicate_rate, report.pii_findings) == (0.0, {})
+
+
+SUPPORT = [
+    "my blender stopped working after two weeks and the warranty card is missing from the box",
+    "can you tell me how to reset the router without losing the saved wifi passwords please",
+    "the invoice for order four two seven shows a delivery fee that i never agreed to pay",
+    "our team needs twelve extra seats on the annual plan before the quarter closes on friday",
+    "which charger works with the older tablet model that has the round port on the side",
+    "the delivery driver left the parcel at the wrong house and nobody answers the phone there",
+    "i would like to move my appointment from tuesday morning to thursday afternoon if possible",
+    "the kettle makes a clicking sound and switches itself off before the water boils at all",
+]
+ANSWERS = [
+    "sorry to hear that, we will send a replacement as soon as the serial number is confirmed",
+    "hold the small button at the back for ten seconds, your saved networks stay on the device",
+    "thanks for spotting it, the fee has been removed and a corrected invoice is on its way now",
+    "done, the seats are added and the new total appears on next month's statement for your team",
+    "any charger sold for the second generation fits, the round port takes the thinner plug",
+    "we have asked the courier to collect it today and will deliver it to you by tomorrow",
+    "your appointment is now on thursday at two, a confirmation email will follow shortly",
+    "please descale it with vinegar once, if it still clicks we will replace it for free",
+]
+
+
+def support_row(user: str, answer: str) -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": "You are the support assistant. Be brief."},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+
+
+def duplicate_matches(rows: list[dict]) -> dict[int, tuple[str, int]]:
+    """{index of a flagged row: (kind, index of the row it repeats)} by the gates' duplicate index."""
+    dataset = read_jsonl("train.jsonl", jsonl(rows))
+    texts = [row.similarity_text for row in dataset.rows]
+    ids = duplicates.WordIds()
+    index = duplicates.Index(duplicates.Sketches(texts, ids, duplicates.Framing.estimate(texts, ids)))
+    return {i: m for i, m in enumerate(index.training_matches()) if m is not None}
+
+
+def test_small_edits_of_short_chat_rows_are_near_duplicates() -> None:
+    # about 35 words with role labels: one changed word had left a word 3-gram Jaccard under 0.8
+    rows = [support_row(u, a) for u, a in zip(SUPPORT, ANSWERS, strict=True)]
+    rows += [
+        support_row(SUPPORT[0].replace("two weeks", "three weeks"), ANSWERS[0]),  # 8: a substituted word
+        support_row(SUPPORT[1].replace("reset the", "reset the new"), ANSWERS[1]),  # 9: an inserted word
+        support_row(SUPPORT[2].replace(" never", ""), ANSWERS[2]),  # 10: a deleted word
+        support_row(  # 11: sentences reordered
+            "please tell me, without losing the saved wifi passwords, how to reset the router", ANSWERS[1]
+        ),
+        support_row(SUPPORT[3], ANSWERS[3] + ". Is there anything else I can do?"),  # 12: appended
+        support_row(SUPPORT[4].upper() + "!!", ANSWERS[4].replace(",", " ;")),  # 13: case, punctuation
+        support_row(SUPPORT[5], ANSWERS[6]),  # 14: two rows' halves: not a near duplicate of either
+    ]
+    assert duplicate_matches(rows) == {
+        8: ("near", 0),
+        9: ("near", 1),
+        10: ("near", 2),
+        11: ("near", 1),
+        12: ("near", 3),
+        13: ("exact", 4),
+    }
+
+
+def test_rows_that_only_share_a_template_stay_distinct() -> None:
+    countries = [
+        ("france", "paris"), ("spain", "madrid"), ("italy", "rome"), ("peru", "lima"), ("japan", "tokyo"),
+        ("kenya", "nairobi"), ("chile", "santiago"), ("egypt", "cairo"), ("norway", "oslo"),
+        ("canada", "ottawa"), ("poland", "warsaw"), ("greece", "athens"), ("cuba", "havana"),
+        ("ghana", "accra"), ("nepal", "kathmandu"), ("austria", "vienna"),
+    ]  # fmt: skip
+    rows = [
+        support_row(
+            f"Answer in one short sentence and name the source you used. What is the capital of {c}?",
+            f"The capital of {c.title()} is {city.title()}, according to the atlas on the shelf.",
+        )
+        for c, city in countries
+    ]
+    rows.append(json.loads(json.dumps(rows[3])))
+    rows[-1]["messages"][2]["content"] = (
+        "The capital of Peru is Lima, according to the old atlas on the shelf."
+    )
+    assert duplicate_matches(rows) == {len(countries): ("near", 3)}
+
+
+def test_duplicates_under_the_gate_are_dropped_keeping_the_first() -> None:
+    clean = chat_rows(100, seed=8)
+    training = clean + clean[:2] + [near_copy(r) for r in clean[10:13]]  # 2 exact + 3 near of 105
+    splits = {"training": read_jsonl("train.jsonl", jsonl(training))}
+    outcome = gates.run(splits, DataGates(max_duplicate_rate=0.05))
+    assert outcome.report.passed, outcome.report.failed_rules
+    assert outcome.report.dropped == {"exact_duplicate": 2, "near_duplicate": 3}
+    assert outcome.report.rows == {"training": 100}
+    assert [row.line for row in outcome.rows["training"]] == list(range(1, 101))  # the first of each kept
+    over = gates.run(splits, DataGates(max_duplicate_rate=0.04))
+    assert not over.report.passed
+    assert (over.report.dropped, over.report.rows) == ({}, {"training": 105})

@@ -211,7 +211,13 @@ class PreferenceGates(ApiModel):
 
 
 class DataGates(ApiModel):
-    max_duplicate_rate: Fraction = 0.02
+    max_duplicate_rate: Fraction = Field(
+        default=0.02,
+        description=(
+            "Exact and near duplicates within training, as a share of its rows. Within it they are dropped "
+            "before training (the first of each kept); above it the data fails."
+        ),
+    )
     max_leakage_rate: Fraction = Field(
         default=0.0, description="Near-duplicates shared by training and validation/holdout."
     )

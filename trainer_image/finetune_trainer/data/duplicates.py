@@ -4,20 +4,21 @@ A row is read as its words: the lower-cased `\\w+` tokens of its own text (the t
 role labels; shared system prompts are left out by `rows.py`). Two rows are **exact** duplicates when
 their words are the same (so case, punctuation and whitespace never tell rows apart).
 
-**Framing.** Words and word 3-grams that occur in many rows (in at least `FRAMING_SHARE` of them and at
-least `FRAMING_MIN_ROWS`: an instruction template, a fixed closing line, the commonest words) say nothing
-about which row is which, so near-duplicate checks set them aside and compare what is left, a row's
-*content*. Rows that only share a template therefore stay distinct. A row left with fewer than
-`MIN_CONTENT_WORDS` content words is compared whole (otherwise many near copies of one row, whose shared
-words all look like framing, would pass as distinct). Framing is estimated on up to `FRAMING_SAMPLE` rows
-spread evenly over the training split.
+**Framing.** Word 3-grams found in many rows (in at least `FRAMING_SHARE` of them and at least
+`FRAMING_MIN_ROWS`: an instruction template, a fixed closing line, a stock phrase) say nothing about which
+row is which, so the near-duplicate rules set them aside, and with them every word they cover, and compare
+what is left, a row's *content*. Rows that only share a template therefore stay distinct. The words found
+in at least `COMMON_WORD_SHARE` of the short rows (the, of, please...) are set aside from the word sets of
+the short-row rule too. Both are estimated on up to `FRAMING_SAMPLE` rows spread evenly over the training
+split. A row whose every word is framing can only be an exact duplicate; so can rows repeated with small
+changes in `FRAMING_MIN_ROWS` rows or more, which look like a template filled `FRAMING_MIN_ROWS` times.
 
 **Near duplicates.** Row b is a near duplicate of an earlier row a when any of these holds, on content:
 - the Jaccard similarity of their word 3-gram sets is at least `NEAR_JACCARD` (small edits in longer rows;
   a reordered sentence changes only the 3-grams across its edges);
-- both rows have at most `SHORT_WORDS` words and the Jaccard similarity of their word sets is at least
-  `SHORT_JACCARD` (one changed, inserted or deleted word in a 10-word row changes a third of its 3-grams but
-  one word of its set);
+- both rows have at most `SHORT_WORDS` words, each at least `MIN_CONTENT_WORDS` content words, and the
+  Jaccard similarity of their word sets is at least `SHORT_JACCARD` (one changed, inserted or deleted
+  word in a 10-word row changes a third of its 3-grams but one word of its set; moving a sentence none);
 - one row's 3-grams are at least `CONTAINED` contained in the other's, the contained row has at least
   `MIN_CONTAINED` content 3-grams and the other is at most `MAX_GROWTH` times as long (a sentence appended
   or cut off).
@@ -26,8 +27,10 @@ spread evenly over the training split.
 rows over content 3-grams, and the same over content words for short rows; a pair of similarity 0.5 is
 proposed with odds 0.93, 0.7 with 0.9998), and the rules above decide, the earliest row that passes being
 the match. Words are 64-bit blake2b hashes (the same in every process), 3-grams mixes of three of them; the
-sketches of a batch of rows are computed at once with numpy. At most `MAX_CHECKS` candidates are checked
-per row.
+sketches of a batch of rows are computed at once with numpy, and above `PARALLEL_ROWS` rows in one forked
+process per usable core. At most `MAX_CHECKS` candidates are checked per row.
+
+`bench/near_duplicates.py` measures recall and precision per edit kind and row length, and the speed.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ import hashlib
 import multiprocessing
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,7 +199,9 @@ class _Batch:
         gram_content = ~_member(self.grams, framing.grams)
         padded = np.maximum(self.counts, SHINGLE)
         padded_starts = _starts(padded)
-        at = np.arange(len(self.grams)) + np.repeat(padded_starts - _starts(self.gram_counts), self.gram_counts)
+        at = np.arange(len(self.grams)) + np.repeat(
+            padded_starts - _starts(self.gram_counts), self.gram_counts
+        )
         covered = np.zeros(int(padded.sum()), dtype=bool)
         for k in range(SHINGLE):
             covered[at + k] |= ~gram_content
@@ -330,15 +335,16 @@ def _sketch(
     return batch.digests, np.concatenate([gram_keys, word_keys])
 
 
-_FORKED: tuple[Sequence[str], Framing] | None = None  # what forked workers read, set before they start
+_FORKED: dict[str, tuple[Sequence[str], Framing]] = {}  # what forked workers read, set before they start
 
 
 def _sketch_part(start: int, stop: int) -> list[tuple[list[bytes], np.ndarray]]:
-    assert _FORKED is not None
-    texts, framing = _FORKED
+    texts, framing = _FORKED["rows"]
     vocabulary = WordIds()
     step = Sketches.BATCH
-    return [_sketch(texts[at : min(at + step, stop)], at, framing, vocabulary) for at in range(start, stop, step)]
+    return [
+        _sketch(texts[at : min(at + step, stop)], at, framing, vocabulary) for at in range(start, stop, step)
+    ]
 
 
 def _sketch_all(
@@ -349,15 +355,14 @@ def _sketch_all(
     if len(texts) < PARALLEL_ROWS or cores < 2 or "fork" not in multiprocessing.get_all_start_methods():
         step = Sketches.BATCH
         return [_sketch(texts[at : at + step], at, framing, vocabulary) for at in range(0, len(texts), step)]
-    global _FORKED
-    _FORKED = (texts, framing)
+    _FORKED["rows"] = (texts, framing)
     try:
         share = -(-len(texts) // (cores * Sketches.BATCH)) * Sketches.BATCH
         bounds = [(at, min(at + share, len(texts))) for at in range(0, len(texts), share)]
         with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("fork")) as pool:
             parts = list(pool.map(_sketch_part, *zip(*bounds, strict=True)))
     finally:
-        _FORKED = None
+        _FORKED.clear()
     return [batch for part in parts for batch in part]
 
 
@@ -418,8 +423,12 @@ class Index:
         """For every row of `other` (an evaluation split), its match among the training rows."""
         found: list[Match | None] = [None] * len(other)
         bands = self.sorted_keys.shape[0]
-        lo = np.stack([np.searchsorted(self.sorted_keys[b], other.keys[b], side="left") for b in range(bands)])
-        hi = np.stack([np.searchsorted(self.sorted_keys[b], other.keys[b], side="right") for b in range(bands)])
+        lo = np.stack(
+            [np.searchsorted(self.sorted_keys[b], other.keys[b], side="left") for b in range(bands)]
+        )
+        hi = np.stack(
+            [np.searchsorted(self.sorted_keys[b], other.keys[b], side="right") for b in range(bands)]
+        )
         candidates: dict[int, list[int]] = {}
         for i in np.flatnonzero(np.any(hi > lo, axis=0)).tolist():
             if other.digests[i] in self.first:
