@@ -40,6 +40,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -49,11 +50,10 @@ import numpy as np
 FRAMING_SHARE = 0.001
 FRAMING_MIN_ROWS = 10
 FRAMING_SAMPLE = 50_000
-MIN_CONTENT_WORDS = 3
 COMMON_WORD_SHARE = 0.02
 NEAR_JACCARD = 0.7
 SHORT_WORDS = 60
-SHORT_JACCARD = 0.6
+SHORT_JACCARD = 0.7
 CONTAINED = 0.9
 MIN_CONTAINED = 4
 MAX_GROWTH = 2.5
@@ -193,10 +193,14 @@ class _Batch:
         grams, gram_counts = _shingles(ids, counts)
         return _Batch(ids, counts, grams, gram_counts, digests)
 
-    def content(self, framing: Framing) -> tuple[np.ndarray, np.ndarray]:
-        """(content words, content 3-grams) masks: the 3-grams that are not framing, and the words that are
-        not common and that no framing 3-gram covers."""
-        gram_content = ~_member(self.grams, framing.grams)
+    def banded_grams(self) -> np.ndarray:
+        """Each 3-gram mixed with the key of its row's length band."""
+        return np.asarray(self.grams ^ _BAND_KEYS[np.repeat(_band(self.counts), self.gram_counts)])
+
+    def content(self, framing: Framing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(content words, informative words, content 3-grams) masks: the 3-grams that are not framing, the
+        words that no framing 3-gram covers, and those of them that are not common words."""
+        gram_content = ~_member(self.banded_grams(), framing.grams)
         padded = np.maximum(self.counts, SHINGLE)
         padded_starts = _starts(padded)
         at = np.arange(len(self.grams)) + np.repeat(
@@ -206,13 +210,16 @@ class _Batch:
         for k in range(SHINGLE):
             covered[at + k] |= ~gram_content
         word_at = np.arange(len(self.ids)) + np.repeat(padded_starts - _starts(self.counts), self.counts)
-        return ~covered[word_at] & ~_member(self.ids, framing.words), gram_content
+        uncovered = ~covered[word_at]
+        return uncovered, uncovered & ~_member(self.ids, framing.words), gram_content
 
 
 @dataclass(frozen=True)
 class Framing:
-    """Word 3-grams common enough to say nothing about which row is which, and the words common among
-    short rows (sorted ids)."""
+    """The word 3-grams common enough among the rows of a length band to say nothing about which row is
+    which (each mixed with its band's key, see `_Batch.banded_grams`; sorted), and the words common among
+    short rows (sorted). Bands, because a long row holds many stock phrases by chance: what is framing for
+    a 10-word row is judged against rows of about its length."""
 
     grams: np.ndarray
     words: np.ndarray
@@ -221,19 +228,40 @@ class Framing:
     def estimate(texts: Sequence[str], vocabulary: WordIds) -> Framing:
         step = max(1, len(texts) // FRAMING_SAMPLE)
         sample = texts[::step]
-        grams: list[np.ndarray] = []
-        words: list[np.ndarray] = []
-        short = 0
+        grams: dict[int, list[np.ndarray]] = {}
+        band_rows: Counter[int] = Counter()
+        words: list[np.ndarray] = [np.zeros(0, dtype=np.uint64)]
+        short_rows = 0
         for at in range(0, len(sample), Sketches.BATCH):
             batch = _Batch.of(sample[at : at + Sketches.BATCH], vocabulary)
-            grams.append(_once_a_row(batch.grams, batch.gram_counts, at))
-            is_short = np.repeat(batch.counts <= SHORT_WORDS, batch.counts)
-            words.append(_once_a_row(batch.ids[is_short], batch.counts[batch.counts <= SHORT_WORDS], at))
-            short += int((batch.counts <= SHORT_WORDS).sum())
-        return Framing(
-            _at_least(grams, max(FRAMING_MIN_ROWS, FRAMING_SHARE * len(sample))),
-            _at_least(words, max(FRAMING_MIN_ROWS, COMMON_WORD_SHARE * short)),
-        )
+            bands = _band(batch.counts)
+            banded = batch.banded_grams()
+            for band in np.unique(bands).tolist():
+                rows = bands == band
+                band_rows[band] += int(rows.sum())
+                picked = np.repeat(rows, batch.gram_counts)
+                grams.setdefault(band, []).append(_once_a_row(banded[picked], batch.gram_counts[rows], at))
+            short = batch.counts <= SHORT_WORDS
+            words.append(_once_a_row(batch.ids[np.repeat(short, batch.counts)], batch.counts[short], at))
+            short_rows += int(short.sum())
+        framing = [np.zeros(0, dtype=np.uint64)]
+        for band, band_grams in grams.items():
+            found, count = np.unique(np.concatenate(band_grams), return_counts=True)
+            common = found[count >= max(FRAMING_MIN_ROWS, FRAMING_SHARE * band_rows[band])]
+            # framing in the bands either side too: an edit must not move a row out of its framing
+            for near in range(max(band - 1, 0), min(band + 2, len(_BAND_KEYS))):
+                framing.append(common ^ _BAND_KEYS[band] ^ _BAND_KEYS[near])
+        common_words, seen = np.unique(np.concatenate(words), return_counts=True)
+        limit = max(FRAMING_MIN_ROWS, COMMON_WORD_SHARE * short_rows)
+        return Framing(np.unique(np.concatenate(framing)), common_words[seen >= limit])
+
+
+BAND_EDGES = np.array([16, 32, 64, 128, 256, 512])  # words: rows shorter than 16, 16 to 31, ...
+_BAND_KEYS = _mix(np.arange(1, len(BAND_EDGES) + 2, dtype=np.uint64) << np.uint64(32))
+
+
+def _band(counts: np.ndarray) -> np.ndarray:
+    return np.searchsorted(BAND_EDGES, counts, side="right")
 
 
 def _once_a_row(values: np.ndarray, counts: np.ndarray, salt: int) -> np.ndarray:
@@ -241,14 +269,6 @@ def _once_a_row(values: np.ndarray, counts: np.ndarray, salt: int) -> np.ndarray
     row = np.repeat(np.arange(len(counts), dtype=np.uint64) + np.uint64(salt + 1), counts)
     _, first = np.unique(values ^ _mix(row), return_index=True)
     return values[first]
-
-
-def _at_least(values: list[np.ndarray], rows: float) -> np.ndarray:
-    """The values found in at least `rows` rows, sorted."""
-    if not values:
-        return np.zeros(0, dtype=np.uint64)
-    found, count = np.unique(np.concatenate(values), return_counts=True)
-    return np.asarray(found[count >= rows])
 
 
 def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -263,7 +283,8 @@ class Content:
     """What near-duplicate rules compare of one row."""
 
     length: int  # words
-    words: frozenset[int]
+    words: frozenset[int]  # not covered by framing
+    informative: frozenset[int]  # of those, the words that are not common
     grams: frozenset[int]
 
 
@@ -273,7 +294,7 @@ def similar(a: Content, b: Content) -> bool:
     union = len(a.grams) + len(b.grams) - shared
     if union and shared / union >= NEAR_JACCARD:
         return True
-    if max(a.length, b.length) <= SHORT_WORDS and min(len(a.words), len(b.words)) >= MIN_CONTENT_WORDS:
+    if max(a.length, b.length) <= SHORT_WORDS and a.informative & b.informative:
         common = len(a.words & b.words)
         if common / (len(a.words) + len(b.words) - common) >= SHORT_JACCARD:
             return True
@@ -310,7 +331,7 @@ class Sketches:
         for at in range(0, len(rows), self.BATCH):
             chunk = rows[at : at + self.BATCH]
             batch = _Batch.of([self.texts[i] for i in chunk], self.vocabulary)
-            word_keep, gram_keep = batch.content(self.framing)
+            word_keep, informative, gram_keep = batch.content(self.framing)
             word_ends, gram_ends = np.cumsum(batch.counts), np.cumsum(batch.gram_counts)
             for k, i in enumerate(chunk):
                 words_at = slice(int(word_ends[k] - batch.counts[k]), int(word_ends[k]))
@@ -318,6 +339,7 @@ class Sketches:
                 found[i] = Content(
                     int(batch.counts[k]),
                     frozenset(batch.ids[words_at][word_keep[words_at]].tolist()),
+                    frozenset(batch.ids[words_at][informative[words_at]].tolist()),
                     frozenset(batch.grams[grams_at][gram_keep[grams_at]].tolist()),
                 )
         return found
@@ -328,7 +350,7 @@ def _sketch(
 ) -> tuple[list[bytes], np.ndarray]:
     """Digests and (2 * BANDS, rows) band keys of a batch of rows, the first of them row `first`."""
     batch = _Batch.of(texts, vocabulary)
-    word_keep, gram_keep = batch.content(framing)
+    _, word_keep, gram_keep = batch.content(framing)
     gram_keys = _band_keys(batch.grams[gram_keep], _row_sums(gram_keep, batch.gram_counts), 1, first)
     word_keep &= np.repeat(batch.counts <= SHORT_WORDS, batch.counts)
     word_keys = _band_keys(batch.ids[word_keep], _row_sums(word_keep, batch.counts), 2, first)
