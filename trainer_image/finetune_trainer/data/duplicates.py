@@ -23,12 +23,14 @@ changes in `FRAMING_MIN_ROWS` rows or more, which look like a template filled `F
   `MIN_CONTAINED` content 3-grams and the other is at most `MAX_GROWTH` times as long (a sentence appended
   or cut off).
 
-**Candidates.** Comparing every pair is quadratic; MinHash LSH proposes the pairs instead (20 bands of 3
-rows over content 3-grams, and the same over content words for short rows; a pair of similarity 0.5 is
-proposed with odds 0.93, 0.7 with 0.9998), and the rules above decide, the earliest row that passes being
-the match. Words are 64-bit blake2b hashes (the same in every process), 3-grams mixes of three of them; the
-sketches of a batch of rows are computed at once with numpy, and above `PARALLEL_ROWS` rows in one forked
-process per usable core. At most `MAX_CHECKS` candidates are checked per row.
+**Candidates.** Comparing every pair is quadratic; MinHash LSH proposes the pairs instead, and the rules
+above decide, the earliest row that passes being the match. Over content 3-grams: 20 bands of 3 rows (a
+pair of similarity 0.5 is proposed with odds 0.93, 0.7 with 0.9998); over the informative words of rows of
+at most `WORD_VIEW_WORDS` words: 25 bands of 4 (0.6: 0.97, 0.7: 0.9996; few words make chance collisions
+common, hence the longer bands). Words are 64-bit blake2b hashes (the same in every process), 3-grams mixes
+of three of them; the sketches of a batch of rows are computed at once with numpy, and above
+`PARALLEL_ROWS` rows in one forked process per usable core, as are the checks of the proposed pairs above
+`PARALLEL_CHECKS` rows. At most `MAX_CHECKS` candidates are checked per row.
 
 `bench/near_duplicates.py` measures recall and precision per edit kind and row length, and the speed.
 """
@@ -41,9 +43,10 @@ import multiprocessing
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -54,12 +57,15 @@ COMMON_WORD_SHARE = 0.02
 NEAR_JACCARD = 0.7
 SHORT_WORDS = 60
 SHORT_JACCARD = 0.7
+WORD_VIEW_WORDS = 24
 CONTAINED = 0.9
 MIN_CONTAINED = 4
 MAX_GROWTH = 2.5
-BANDS, BAND_ROWS = 20, 3
+GRAM_LSH = (20, 3)  # bands, rows a band: a pair is proposed with odds 1 - (1 - J^rows)^bands
+WORD_LSH = (25, 4)
 MAX_CHECKS = 100
 PARALLEL_ROWS = 100_000
+PARALLEL_CHECKS = 10_000  # rows with candidates
 MAX_PROCESSES = 8
 SHINGLE = 3
 
@@ -69,6 +75,8 @@ _ASCII_WORDS = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) ==
 _SEPARATOR = "\x01"
 _BATCH_WORDS = _ASCII_WORDS | {ord(_SEPARATOR): _SEPARATOR}
 
+T = TypeVar("T")
+R = TypeVar("R")
 Match = tuple[str, int]  # ("exact" | "near", index of the earlier row matched)
 
 
@@ -114,10 +122,9 @@ def _weights(count: int) -> np.ndarray:
 
 
 @functools.cache
-def _permutations() -> tuple[np.ndarray, np.ndarray]:
-    """Affine permutations of 32-bit values (odd multipliers, seeded), one per MinHash row of a band."""
+def _permutations(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` affine permutations of 32-bit values (odd multipliers, seeded)."""
     rng = np.random.default_rng(1)
-    count = BANDS * BAND_ROWS
     a = rng.integers(1, 2**32, size=count, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
     b = rng.integers(0, 2**32, size=count, dtype=np.uint64).astype(np.uint32)
     return a[:, None], b[:, None]
@@ -145,12 +152,15 @@ def _starts(counts: np.ndarray) -> np.ndarray:
     return starts
 
 
-def _band_keys(features: np.ndarray, counts: np.ndarray, salt: int, first: int) -> np.ndarray:
-    """(BANDS, rows) keys: rows share a key in a band when their MinHash values agree there. A row with no
-    features gets keys of its own (from its index, `first` that of the first row)."""
-    a, b = _permutations()
+def _band_keys(
+    features: np.ndarray, counts: np.ndarray, lsh: tuple[int, int], salt: int, first: int
+) -> np.ndarray:
+    """(bands, rows) keys: rows share a key in a band when their MinHash values agree on the band's rows.
+    A row with no features gets keys of its own (from its index, `first` that of the first row)."""
+    bands, band_rows = lsh
+    a, b = _permutations(bands * band_rows)
     rows = len(counts)
-    keys = np.empty((BANDS, rows), dtype=np.uint64)
+    keys = np.empty((bands, rows), dtype=np.uint64)
     empty = counts == 0
     if features.size:
         hashed = (features >> np.uint64(32)).astype(np.uint32)
@@ -159,15 +169,15 @@ def _band_keys(features: np.ndarray, counts: np.ndarray, salt: int, first: int) 
         starts = _starts(counts)
         filled = np.flatnonzero(~empty)
         minhash = np.minimum.reduceat(permuted, starts[filled], axis=1).astype(np.uint64)
-        banded = minhash.reshape(BANDS, BAND_ROWS, len(filled))
-        weights = _weights(BAND_ROWS)
+        banded = minhash.reshape(bands, band_rows, len(filled))
+        weights = _weights(band_rows)
         combined = banded[:, 0, :] * weights[0]
-        for k in range(1, BAND_ROWS):
+        for k in range(1, band_rows):
             combined += banded[:, k, :] * weights[k]
         keys[:, filled] = _mix(combined ^ np.uint64(salt))
     if empty.any():
         lonely = (np.flatnonzero(empty) + first).astype(np.uint64) << np.uint64(16)
-        band = np.arange(BANDS, dtype=np.uint64)[:, None] << np.uint64(8)
+        band = np.arange(bands, dtype=np.uint64)[:, None] << np.uint64(8)
         keys[:, empty] = _mix(lonely[None, :] ^ band ^ np.uint64(salt) ^ np.uint64(1 << 63))
     return keys
 
@@ -321,7 +331,8 @@ class Sketches:
         for digests, batch_keys in _sketch_all(texts, framing, vocabulary):
             self.digests += digests
             keys.append(batch_keys)
-        self.keys = np.concatenate(keys, axis=1) if keys else np.zeros((2 * BANDS, 0), dtype=np.uint64)
+        empty = np.zeros((GRAM_LSH[0] + WORD_LSH[0], 0), dtype=np.uint64)
+        self.keys = np.concatenate(keys, axis=1) if keys else empty
 
     def __len__(self) -> int:
         return len(self.digests)
@@ -348,44 +359,51 @@ class Sketches:
 def _sketch(
     texts: Sequence[str], first: int, framing: Framing, vocabulary: WordIds
 ) -> tuple[list[bytes], np.ndarray]:
-    """Digests and (2 * BANDS, rows) band keys of a batch of rows, the first of them row `first`."""
+    """Digests and band keys (3-gram bands, then word bands) of a batch of rows, the first of them row
+    `first`."""
     batch = _Batch.of(texts, vocabulary)
     _, word_keep, gram_keep = batch.content(framing)
-    gram_keys = _band_keys(batch.grams[gram_keep], _row_sums(gram_keep, batch.gram_counts), 1, first)
-    word_keep &= np.repeat(batch.counts <= SHORT_WORDS, batch.counts)
-    word_keys = _band_keys(batch.ids[word_keep], _row_sums(word_keep, batch.counts), 2, first)
+    gram_keys = _band_keys(
+        batch.grams[gram_keep], _row_sums(gram_keep, batch.gram_counts), GRAM_LSH, 1, first
+    )
+    word_keep &= np.repeat(batch.counts <= WORD_VIEW_WORDS, batch.counts)
+    word_keys = _band_keys(batch.ids[word_keep], _row_sums(word_keep, batch.counts), WORD_LSH, 2, first)
     return batch.digests, np.concatenate([gram_keys, word_keys])
 
 
-_FORKED: dict[str, tuple[Sequence[str], Framing]] = {}  # what forked workers read, set before they start
+_FORKED: dict[str, Any] = {}  # what forked workers read, set before they start
 
 
-def _sketch_part(start: int, stop: int) -> list[tuple[list[bytes], np.ndarray]]:
-    texts, framing = _FORKED["rows"]
-    vocabulary = WordIds()
-    step = Sketches.BATCH
-    return [
-        _sketch(texts[at : min(at + step, stop)], at, framing, vocabulary) for at in range(start, stop, step)
-    ]
+def _spread(work: Callable[[list[T]], list[R]], items: list[T], at_least: int) -> list[R]:
+    """`work(items)`, in forked processes (one per usable core, each a contiguous share of `items`) when
+    there are at least `at_least` items, more than one core and fork."""
+    cores = min(len(os.sched_getaffinity(0)), MAX_PROCESSES)
+    if len(items) < at_least or cores < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return work(items)
+    _FORKED["work"] = work
+    try:
+        share = -(-len(items) // cores)
+        with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_forked, [items[at : at + share] for at in range(0, len(items), share)]))
+    finally:
+        _FORKED.clear()
+    return [result for part in parts for result in part]
+
+
+def _forked(items: list[Any]) -> list[Any]:
+    return list(_FORKED["work"](items))
 
 
 def _sketch_all(
     texts: Sequence[str], framing: Framing, vocabulary: WordIds
 ) -> list[tuple[list[bytes], np.ndarray]]:
-    """`_sketch` over every batch; above `PARALLEL_ROWS` rows in forked processes, one per usable core."""
-    cores = min(len(os.sched_getaffinity(0)), MAX_PROCESSES)
-    if len(texts) < PARALLEL_ROWS or cores < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    """`_sketch` over every batch of rows."""
+
+    def work(starts: list[int]) -> list[tuple[list[bytes], np.ndarray]]:
         step = Sketches.BATCH
-        return [_sketch(texts[at : at + step], at, framing, vocabulary) for at in range(0, len(texts), step)]
-    _FORKED["rows"] = (texts, framing)
-    try:
-        share = -(-len(texts) // (cores * Sketches.BATCH)) * Sketches.BATCH
-        bounds = [(at, min(at + share, len(texts))) for at in range(0, len(texts), share)]
-        with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_sketch_part, *zip(*bounds, strict=True)))
-    finally:
-        _FORKED.clear()
-    return [batch for part in parts for batch in part]
+        return [_sketch(texts[at : at + step], at, framing, vocabulary) for at in starts]
+
+    return _spread(work, list(range(0, len(texts), Sketches.BATCH)), PARALLEL_ROWS // Sketches.BATCH)
 
 
 def _row_sums(mask: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -436,9 +454,15 @@ class Index:
             for b in np.flatnonzero(starts < at).tolist():
                 ranks.update(self.order[b, starts[b] : at[b]].tolist())
             candidates[int(self.indexed[rank])] = [int(self.indexed[r]) for r in sorted(ranks)[:MAX_CHECKS]]
-        mine = self.training.contents(sorted(candidates.keys() | {r for c in candidates.values() for r in c}))
-        for row, rows in candidates.items():
-            found[row] = self._near(mine[row], rows, mine)
+        training = self.training
+
+        def work(pairs: list[tuple[int, list[int]]]) -> list[Match | None]:
+            mine = training.contents(sorted({row for row, _ in pairs} | {r for _, c in pairs for r in c}))
+            return [self._near(mine[row], rows, mine) for row, rows in pairs]
+
+        pairs = list(candidates.items())
+        for (row, _), match in zip(pairs, _spread(work, pairs, PARALLEL_CHECKS), strict=True):
+            found[row] = match
         return found
 
     def matches(self, other: Sketches) -> list[Match | None]:
