@@ -60,3 +60,15 @@ def test_round_trip(root: tuple[Store, str], tmp_path: Path) -> None:
     assert not store.exists(join(prefix, "step-1/COMPLETE"))
     with pytest.raises(StorageError, match=r"cannot read .*absent\.json"):
         store.read_bytes(join(prefix, "absent.json"))
+
+
+def test_an_unreachable_endpoint_is_a_storage_error_naming_the_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    store = Store("http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(StorageError, match=r"cannot read s3://data/train\.jsonl: Could not connect"):
+        store.read_bytes("s3://data/train.jsonl")
+    with pytest.raises(StorageError, match=r"cannot write s3://data/out\.json: Could not connect"):
+        store.write_bytes("s3://data/out.json", b"{}")

@@ -70,10 +70,8 @@ class Store:
     def read_bytes(self, uri: str) -> bytes:
         if is_s3(uri):
             bucket, key = split(uri)
-            try:
+            with reraise(StorageError, "read", uri):  # also an unreachable endpoint, missing credentials
                 body: bytes = self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
-            except ClientError as err:
-                raise StorageError(f"cannot read {uri}: {err.response['Error'].get('Code', err)}") from err
             return body
         try:
             return local_path(uri).read_bytes()
@@ -85,10 +83,8 @@ class Store:
     def write_bytes(self, uri: str, data: bytes) -> None:
         if is_s3(uri):
             bucket, key = split(uri)
-            try:
+            with reraise(StorageError, "write", uri):
                 self._s3().put_object(Bucket=bucket, Key=key, Body=data)
-            except ClientError as err:
-                raise StorageError(f"cannot write {uri}: {err.response['Error'].get('Code', err)}") from err
             return
         replace_file(local_path(uri), data)
 

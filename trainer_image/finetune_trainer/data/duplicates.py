@@ -9,16 +9,17 @@ their words are the same (so case, punctuation and whitespace never tell rows ap
 row is which, so the near-duplicate rules set them aside, and with them every word they cover, and compare
 what is left, a row's *content*. Rows that only share a template therefore stay distinct. The words found
 in at least `COMMON_WORD_SHARE` of the short rows (the, of, please...) are set aside from the word sets of
-the short-row rule too. Both are estimated on up to `FRAMING_SAMPLE` rows spread evenly over the training
+the short-row rule's informative words. Both are estimated on up to `FRAMING_SAMPLE` rows spread evenly over the training
 split. A row whose every word is framing can only be an exact duplicate; so can rows repeated with small
 changes in `FRAMING_MIN_ROWS` rows or more, which look like a template filled `FRAMING_MIN_ROWS` times.
 
 **Near duplicates.** Row b is a near duplicate of an earlier row a when any of these holds, on content:
 - the Jaccard similarity of their word 3-gram sets is at least `NEAR_JACCARD` (small edits in longer rows;
   a reordered sentence changes only the 3-grams across its edges);
-- both rows have at most `SHORT_WORDS` words, each at least `MIN_CONTENT_WORDS` content words, and the
-  Jaccard similarity of their word sets is at least `SHORT_JACCARD` (one changed, inserted or deleted
-  word in a 10-word row changes a third of its 3-grams but one word of its set; moving a sentence none);
+- both rows have at most `SHORT_WORDS` words, the Jaccard similarity of their word sets (every word that
+  framing leaves) is at least `SHORT_JACCARD`, and they share an informative word, one that is not common
+  (one changed, inserted or deleted word in a 10-word row changes a third of its 3-grams but one word of
+  its set; moving a sentence none);
 - one row's 3-grams are at least `CONTAINED` contained in the other's, the contained row has at least
   `MIN_CONTAINED` content 3-grams and the other is at most `MAX_GROWTH` times as long (a sentence appended
   or cut off).
