@@ -146,9 +146,8 @@ def kubectl(plane: Any, *args: str, stdin: str | None = None) -> None:
         raise RuntimeError(result.stderr)
 
 
-async def lifecycle_writes(plane: Any, kube: KubeClient, s3_endpoint: str) -> Counter[str]:
-    """Drive one job to Succeeded and count the operator's writes in the audit log."""
-    namespace = "bench-writes"
+def create_namespace(plane: Any, namespace: str) -> None:
+    """A namespace holding the Secret and ServiceAccount the example names (a job waits until both exist)."""
     kubectl(plane, "create", "namespace", namespace)
     data = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     secret = {
@@ -157,7 +156,19 @@ async def lifecycle_writes(plane: Any, kube: KubeClient, s3_endpoint: str) -> Co
         "metadata": {"name": "finetune-s3", "namespace": namespace},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
-    kubectl(plane, "apply", "-f", "-", stdin=json.dumps(secret))
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "finetune-trainer", "namespace": namespace},
+    }
+    for obj in (secret, account):
+        kubectl(plane, "apply", "-f", "-", stdin=json.dumps(obj))
+
+
+async def lifecycle_writes(plane: Any, kube: KubeClient, s3_endpoint: str) -> Counter[str]:
+    """Drive one job to Succeeded and count the operator's writes in the audit log."""
+    namespace = "bench-writes"
+    create_namespace(plane, namespace)
     s3 = s3_client(s3_endpoint)
     s3.create_bucket(Bucket="finetune-staging")
     kubectl(plane, "apply", "-f", "-", stdin=json.dumps(manifest(namespace, "writes", s3_endpoint)))
@@ -221,7 +232,7 @@ async def main() -> None:
         os.environ["KUBECONFIG"] = str(plane.kubeconfig)
         kube = KubeClient.connect(user_agent="finetune-bench")
         for namespace in ("bench-baseline", "bench-baseline-apply", "bench-operator", "bench-rss"):
-            kubectl(plane, "create", "namespace", namespace)
+            create_namespace(plane, namespace)
 
         apply_alone, base = await baseline(kube, "bench-baseline", jobs)
         print(
