@@ -398,7 +398,7 @@ def brute_force(rows: list[dict[str, Any]]) -> tuple[float, float, int]:
     flagged = set()
     for (_, a), (j, b) in itertools.combinations(enumerate(sets), 2):
         common = len(a & b)
-        if common / (len(a) + len(b) - common) >= gates.NEAR_DUPLICATE_JACCARD:
+        if common / (len(a) + len(b) - common) >= 0.8:
             flagged.add(j)
     return shingled - start, time.perf_counter() - shingled, len(flagged)
 
@@ -416,7 +416,7 @@ def naive_minhash(rows: list[dict[str, Any]]) -> tuple[float, int]:
         for s in sets[-1]:
             m.update(s.encode())
         found = (jaccard(sets[-1], sets[j]) for j in lsh.query(m))
-        flagged += any(j >= gates.NEAR_DUPLICATE_JACCARD for j in found)
+        flagged += any(j >= 0.8 for j in found)
         lsh.insert(i, m)
     return time.perf_counter() - start, flagged
 

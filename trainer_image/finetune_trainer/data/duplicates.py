@@ -4,25 +4,24 @@ A row is read as its words: the lower-cased `\\w+` tokens of its own text (the t
 role labels; shared system prompts are left out by `rows.py`). Two rows are **exact** duplicates when
 their words are the same (so case, punctuation and whitespace never tell rows apart).
 
-**Framing.** Word 3-grams found in many rows (in at least `FRAMING_SHARE` of them and at least
-`FRAMING_MIN_ROWS`: an instruction template, a fixed closing line, a stock phrase) say nothing about which
-row is which, so the near-duplicate rules set them aside, and with them every word they cover, and compare
-what is left, a row's *content*. Rows that only share a template therefore stay distinct. The words found
-in at least `COMMON_WORD_SHARE` of the short rows (the, of, please...) are set aside from the word sets of
-the short-row rule's informative words. Both are estimated on up to `FRAMING_SAMPLE` rows spread evenly over the training
-split. A row whose every word is framing can only be an exact duplicate; so can rows repeated with small
-changes in `FRAMING_MIN_ROWS` rows or more, which look like a template filled `FRAMING_MIN_ROWS` times.
+**Framing.** Word 3-grams found in many rows of about the same length (in at least `FRAMING_SHARE` of the
+rows of their length band and in at least `FRAMING_MIN_ROWS`: an instruction template, a fixed closing
+line) say nothing about which row is which, so some rules set them aside, and with them every word they
+cover, and compare what is left, a row's *content*. Rows that only share a template therefore stay
+distinct. The words found in at least `COMMON_WORD_SHARE` of the short rows (the, of, please...) are not
+informative. Both are estimated on up to `FRAMING_SAMPLE` rows spread evenly over the training split; a
+band, because a long row holds many stock phrases by chance.
 
-**Near duplicates.** Row b is a near duplicate of an earlier row a when any of these holds, on content:
-- the Jaccard similarity of their word 3-gram sets is at least `NEAR_JACCARD` (small edits in longer rows;
-  a reordered sentence changes only the 3-grams across its edges);
-- both rows have at most `SHORT_WORDS` words, the Jaccard similarity of their word sets (every word that
-  framing leaves) is at least `SHORT_JACCARD`, and they share an informative word, one that is not common
-  (one changed, inserted or deleted word in a 10-word row changes a third of its 3-grams but one word of
-  its set; moving a sentence none);
-- one row's 3-grams are at least `CONTAINED` contained in the other's, the contained row has at least
-  `MIN_CONTAINED` content 3-grams and the other is at most `MAX_GROWTH` times as long (a sentence appended
-  or cut off).
+**Near duplicates.** Row b is a near duplicate of an earlier row a when any of these holds:
+- the Jaccard similarity of their word 3-gram sets is at least `WHOLE_JACCARD`, or of their content 3-gram
+  sets at least `NEAR_JACCARD` (small edits in longer rows; a reordered sentence changes only the 3-grams
+  across its edges);
+- both rows have at most `SHORT_WORDS` words, the Jaccard similarity of their content word sets is at
+  least `SHORT_JACCARD`, and they share an informative word (one changed, inserted or deleted word in a
+  10-word row changes a third of its 3-grams but one word of its set; moving a sentence none);
+- one row's 3-grams, and its content 3-grams, are at least `CONTAINED` contained in the other's, it has at
+  least `MIN_CONTAINED` 3-grams and the other is at most `MAX_GROWTH` times as long (a sentence appended or
+  cut off).
 
 **Candidates.** Comparing every pair is quadratic; MinHash LSH proposes the pairs instead, and the rules
 above decide, the earliest row that passes being the match. Over content 3-grams: 20 bands of 3 rows (a
@@ -51,10 +50,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-FRAMING_SHARE = 0.001
+FRAMING_SHARE = 0.05
 FRAMING_MIN_ROWS = 10
 FRAMING_SAMPLE = 50_000
 COMMON_WORD_SHARE = 0.02
+WHOLE_JACCARD = 0.8
 NEAR_JACCARD = 0.7
 SHORT_WORDS = 60
 SHORT_JACCARD = 0.7
@@ -296,25 +296,31 @@ class Content:
     length: int  # words
     words: frozenset[int]  # not covered by framing
     informative: frozenset[int]  # of those, the words that are not common
+    all_grams: frozenset[int]  # every 3-gram, framing or not
     grams: frozenset[int]
 
 
 def similar(a: Content, b: Content) -> bool:
     """Whether rows with contents `a` and `b` are near duplicates (the module's rules)."""
-    shared = len(a.grams & b.grams)
-    union = len(a.grams) + len(b.grams) - shared
-    if union and shared / union >= NEAR_JACCARD:
+    if _jaccard(a.all_grams, b.all_grams) >= WHOLE_JACCARD:
         return True
-    if max(a.length, b.length) <= SHORT_WORDS and a.informative & b.informative:
-        common = len(a.words & b.words)
-        if common / (len(a.words) + len(b.words) - common) >= SHORT_JACCARD:
-            return True
-    small, large = (a, b) if len(a.grams) <= len(b.grams) else (b, a)
+    if _jaccard(a.grams, b.grams) >= NEAR_JACCARD:
+        return True
+    short = max(a.length, b.length) <= SHORT_WORDS and bool(a.informative & b.informative)
+    if short and _jaccard(a.words, b.words) >= SHORT_JACCARD:
+        return True
+    small, large = (a, b) if len(a.all_grams) <= len(b.all_grams) else (b, a)
     return (
-        len(small.grams) >= MIN_CONTAINED
-        and shared >= CONTAINED * len(small.grams)
+        len(small.all_grams) >= MIN_CONTAINED
+        and len(small.all_grams & large.all_grams) >= CONTAINED * len(small.all_grams)
+        and len(small.grams & large.grams) >= CONTAINED * len(small.grams)
         and large.length <= MAX_GROWTH * max(small.length, 1)
     )
+
+
+def _jaccard(a: frozenset[int], b: frozenset[int]) -> float:
+    shared = len(a & b)
+    return shared / (len(a) + len(b) - shared) if a or b else 0.0
 
 
 class Sketches:
@@ -353,6 +359,7 @@ class Sketches:
                     frozenset(batch.ids[words_at][word_keep[words_at]].tolist()),
                     frozenset(batch.ids[words_at][informative[words_at]].tolist()),
                     frozenset(batch.grams[grams_at][gram_keep[grams_at]].tolist()),
+                    frozenset(batch.grams[grams_at].tolist()),
                 )
         return found
 
