@@ -364,6 +364,23 @@ class ControlPlane:
             result = self.kubectl(*args)
             if result.returncode != 0:
                 raise ControlPlaneError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        if (path / "admission").is_dir():
+            self._wait_for_admission()
+
+    def _wait_for_admission(self, timeout: float = 60) -> None:
+        """Until the policies' parameter kinds are synced: before that, a policy with `failurePolicy: Fail`
+        refuses every request it matches ("paramKind ... not yet synced to use for admission")."""
+        probe = str(HERE.parent.parent / "examples" / "quickstart.yaml")
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.kubectl("create", "--dry-run=server", "-n", "default", "-f", probe)
+            if "not yet synced" not in result.stderr:
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"admission policies not ready after {timeout:.0f} s: {result.stderr}"
+                )
+            time.sleep(0.2)
 
     def stop(self) -> None:
         for process in reversed(self.processes):

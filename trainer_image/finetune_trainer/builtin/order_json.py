@@ -2,7 +2,8 @@
 
 `python -m finetune_trainer.builtin.order_json` writes `datasets/order-json/{training,validation,holdout}
 .jsonl` (deterministic; a test checks the committed files match). The splits share no (customer, item,
-quantity, city) combination, and every sentence pattern appears in each split. The instruction is the
+quantity, city) combination, no two sentences of one pattern share two of customer, item and city (they
+would be near duplicates), and every sentence pattern appears in each split. The instruction is the
 system message, so the data gates judge duplicates and leakage on the sentences and answers themselves.
 """
 
@@ -91,17 +92,20 @@ PATTERNS = (
 def rows(seed: int = 7) -> dict[str, list[dict[str, Any]]]:
     rng = random.Random(seed)
     seen: set[tuple[str, str, int, str]] = set()
+    written: list[list[tuple[str, str, int, str]]] = [[] for _ in PATTERNS]
     splits: dict[str, list[dict[str, Any]]] = {}
     for split, size in SIZES.items():
         out: list[dict[str, Any]] = []
         while len(out) < size:
             order = (rng.choice(CUSTOMERS), rng.choice(ITEMS), rng.randint(2, 9), rng.choice(CITIES))
-            if order in seen:
+            pattern = len(out) % len(PATTERNS)
+            if order in seen or _alike(order, written[pattern]):
                 continue
             seen.add(order)
+            written[pattern].append(order)
             customer, item, quantity, city = order
             values = {"customer": customer, "item": item, "quantity": quantity, "city": city}
-            sentence = PATTERNS[len(out) % len(PATTERNS)].format(**values)
+            sentence = PATTERNS[pattern].format(**values)
             out.append(
                 {
                     "messages": [
@@ -113,6 +117,13 @@ def rows(seed: int = 7) -> dict[str, list[dict[str, Any]]]:
             )
         splits[split] = out
     return splits
+
+
+def _alike(order: tuple[str, str, int, str], earlier: list[tuple[str, str, int, str]]) -> bool:
+    """Whether an earlier order of the same pattern shares two of customer, item and city with `order`:
+    its sentence would differ in a word or two, a near duplicate for the data gates."""
+    customer, item, _, city = order
+    return any((customer == c) + (item == i) + (city == t) >= 2 for c, i, _, t in earlier)
 
 
 def render() -> dict[str, str]:

@@ -17,8 +17,9 @@ band, because a long row holds many stock phrases by chance.
   sets at least `NEAR_JACCARD` (small edits in longer rows; a reordered sentence changes only the 3-grams
   across its edges);
 - both rows have at most `SHORT_WORDS` words, the Jaccard similarity of their content word sets is at
-  least `SHORT_JACCARD`, and they share an informative word (one changed, inserted or deleted word in a
-  10-word row changes a third of its 3-grams but one word of its set; moving a sentence none);
+  least `SHORT_JACCARD` and that of their informative words at least `SHORT_INFORMATIVE_JACCARD` (one
+  changed, inserted or deleted word in a 10-word row changes a third of its 3-grams but one word of its
+  set; moving a sentence none);
 - one row's 3-grams, and its content 3-grams, are at least `CONTAINED` contained in the other's, it has at
   least `MIN_CONTAINED` 3-grams and the other is at most `MAX_GROWTH` times as long (a sentence appended or
   cut off).
@@ -58,6 +59,7 @@ WHOLE_JACCARD = 0.8
 NEAR_JACCARD = 0.7
 SHORT_WORDS = 60
 SHORT_JACCARD = 0.7
+SHORT_INFORMATIVE_JACCARD = 0.5
 WORD_VIEW_WORDS = 24
 CONTAINED = 0.9
 MIN_CONTAINED = 4
@@ -306,8 +308,13 @@ def similar(a: Content, b: Content) -> bool:
         return True
     if _jaccard(a.grams, b.grams) >= NEAR_JACCARD:
         return True
-    short = max(a.length, b.length) <= SHORT_WORDS and bool(a.informative & b.informative)
-    if short and _jaccard(a.words, b.words) >= SHORT_JACCARD:
+    # short rows: the informative words must agree too, as template words that no framing 3-gram covers
+    # (slots every word or two: "New order: lamp, quantity 4, for Ivan") would make distinct rows alike
+    if (
+        max(a.length, b.length) <= SHORT_WORDS
+        and _jaccard(a.words, b.words) >= SHORT_JACCARD
+        and _jaccard(a.informative, b.informative) > SHORT_INFORMATIVE_JACCARD
+    ):
         return True
     small, large = (a, b) if len(a.all_grams) <= len(b.all_grams) else (b, a)
     return (
