@@ -18,6 +18,7 @@ Single process (WORLD_SIZE unset or 1): nothing is started and `local_zero_first
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -67,6 +68,20 @@ def start() -> None:
         _group = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait_seconds()))
     except (RuntimeError, ValueError) as err:
         raise RankError(f"rank {rank()} could not join the process group: {err}") from err
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    """Destroy the process groups before the interpreter's teardown: left to it, gloo's threads abort the
+    process (SIGABRT, "terminate called without an active exception") when a peer has already gone, and
+    the exit code a failing rank chose is lost."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except (RuntimeError, ValueError):
+        pass  # exiting anyway
 
 
 def local_zero_first(what: str, work: Callable[[], T]) -> T:
