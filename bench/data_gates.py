@@ -403,16 +403,19 @@ def brute_force(rows: list[dict[str, Any]]) -> tuple[float, float, int]:
     return shingled - start, time.perf_counter() - shingled, len(flagged)
 
 
+BASELINE_THRESHOLD, BASELINE_PERMUTATIONS = 0.5, 128  # datasketch's LSH as commonly set up for 3-grams
+
+
 def naive_minhash(rows: list[dict[str, Any]]) -> tuple[float, int]:
     """(seconds, rows flagged) for a plain datasketch pass: a fresh MinHash per row, one `update` per
     shingle, LSH query and insert, the exact Jaccard of each candidate."""
     start = time.perf_counter()
-    lsh = MinHashLSH(threshold=gates.CANDIDATE_JACCARD, num_perm=gates.PERMUTATIONS)
+    lsh = MinHashLSH(threshold=BASELINE_THRESHOLD, num_perm=BASELINE_PERMUTATIONS)
     sets: list[frozenset[str]] = []
     flagged = 0
     for i, row in enumerate(rows):
         sets.append(shingles(row))
-        m = MinHash(num_perm=gates.PERMUTATIONS, seed=1)
+        m = MinHash(num_perm=BASELINE_PERMUTATIONS, seed=1)
         for s in sets[-1]:
             m.update(s.encode())
         found = (jaccard(sets[-1], sets[j]) for j in lsh.query(m))

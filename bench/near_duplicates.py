@@ -238,9 +238,8 @@ def texts_of(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def detect(texts: list[str]) -> list[duplicates.Match | None]:
-    ids = duplicates.WordIds()
-    framing = duplicates.Framing.estimate(texts, ids)
-    return duplicates.Index(duplicates.Sketches(texts, ids, framing)).training_matches()
+    framing = duplicates.Framing.estimate(texts)
+    return duplicates.Index(duplicates.Sketches(texts, framing)).training_matches()
 
 
 @dataclass

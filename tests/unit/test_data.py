@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 
 import pytest
 from PIL import Image
@@ -14,7 +15,7 @@ from finetune_api.v1alpha1.common import DatasetFormat
 from finetune_api.v1alpha1.finetunejob import DataGates
 from finetune_trainer.data import duplicates, gates, pii
 from finetune_trainer.data.rows import MAX_PROBLEMS, read_jsonl
-from helpers.datagen import chat_rows, jsonl, near_copy, preference_rows
+from helpers.datagen import chat_rows, jsonl, near_copy, preference_rows, sentence
 
 PIXEL = (
     "data:image/png;base64,"
@@ -248,8 +249,7 @@ def duplicate_matches(rows: list[dict]) -> dict[int, tuple[str, int]]:
     """{index of a flagged row: (kind, index of the row it repeats)} by the gates' duplicate index."""
     dataset = read_jsonl("train.jsonl", jsonl(rows))
     texts = [row.similarity_text for row in dataset.rows]
-    ids = duplicates.WordIds()
-    index = duplicates.Index(duplicates.Sketches(texts, ids, duplicates.Framing.estimate(texts, ids)))
+    index = duplicates.Index(duplicates.Sketches(texts, duplicates.Framing.estimate(texts)))
     return {i: m for i, m in enumerate(index.training_matches()) if m is not None}
 
 
@@ -310,3 +310,43 @@ def test_duplicates_under_the_gate_are_dropped_keeping_the_first() -> None:
     over = gates.run(splits, DataGates(max_duplicate_rate=0.04))
     assert not over.report.passed
     assert (over.report.dropped, over.report.rows) == ({}, {"training": 105})
+
+
+def test_a_near_copy_is_found_among_a_hundred_earlier_rows_sharing_its_template() -> None:
+    # a long template too rare to be framing (4% of the rows) puts every earlier row that has it into the
+    # copy's LSH buckets; the row it was copied from agrees on most bands and is checked first
+    rng = random.Random(11)
+    template = (
+        "Read the customer's message below, answer it in one short and friendly sentence, name the policy "
+        "you relied on, and never promise a refund or a date that the policy does not state. "
+    )
+
+    def row(prefix: str) -> dict:
+        user, answer = prefix + sentence(rng, 12), sentence(rng, 6)
+        return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+    rows = [row(template if i % 25 == 0 else sentence(rng, 32) + ". ") for i in range(3000)]
+    copied = 25 * 110  # after 110 rows with the template
+    assert duplicate_matches([*rows, near_copy(rows[copied])]) == {3000: ("near", copied)}
+
+
+def test_rows_in_other_scripts_are_compared_by_their_words() -> None:
+    rows = [
+        support_row(
+            "Größe und Gewicht der Lieferung für Straße zwölf bitte prüfen", "Erledigt, alles passt."
+        ),
+        support_row(
+            "Wie lange dauert die Rückerstattung für eine stornierte Bestellung?", "Drei bis fünf Tage."
+        ),
+        support_row(
+            "GRÖSSE und Gewicht der Lieferung für Straße zwölf bitte prüfen!", "Erledigt, alles passt."
+        ),
+        support_row(
+            "größe und gewicht der lieferung für straße zwölf bitte prüfen", "Erledigt; alles passt."
+        ),
+        support_row(
+            "Wie lange dauert die Rückerstattung für eine stornierte Bestellung?", "Vier bis fünf Tage."
+        ),
+    ]
+    # lower case of "GRÖSSE" is "grösse", not "größe": one word differs
+    assert duplicate_matches(rows) == {2: ("near", 0), 3: ("exact", 0), 4: ("near", 1)}

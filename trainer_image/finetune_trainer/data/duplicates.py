@@ -25,13 +25,16 @@ band, because a long row holds many stock phrases by chance.
   cut off).
 
 **Candidates.** Comparing every pair is quadratic; MinHash LSH proposes the pairs instead, and the rules
-above decide, the earliest row that passes being the match. Over content 3-grams: 20 bands of 3 rows (a
+above decide. Over content 3-grams: 20 bands of 3 rows (a
 pair of similarity 0.5 is proposed with odds 0.93, 0.7 with 0.9998); over the informative words of rows of
 at most `WORD_VIEW_WORDS` words: 25 bands of 4 (0.6: 0.97, 0.7: 0.9996; few words make chance collisions
-common, hence the longer bands). Words are 64-bit blake2b hashes (the same in every process), 3-grams mixes
-of three of them; the sketches of a batch of rows are computed at once with numpy, and above
+common, hence the longer bands). Words are 64-bit hashes of their bytes (the same in every process), 3-grams
+mixes of three of them; the sketches of a batch of rows are computed at once with numpy, and above
 `PARALLEL_ROWS` rows in one forked process per usable core, as are the checks of the proposed pairs above
-`PARALLEL_CHECKS` rows. At most `MAX_CHECKS` candidates are checked per row.
+`PARALLEL_CHECKS` rows. A row's candidates are checked in the order of how many bands they share with it,
+then earliest first, the first that passes being the match, at most `MAX_CHECKS` of them: a near
+duplicate shares many bands, rows that share only a template sentence or a few words one or two (and
+there may be thousands of those).
 
 `bench/near_duplicates.py` measures recall and precision per edit kind and row length, and the speed.
 """
@@ -66,7 +69,9 @@ MIN_CONTAINED = 4
 MAX_GROWTH = 2.5
 GRAM_LSH = (20, 3)  # bands, rows a band: a pair is proposed with odds 1 - (1 - J^rows)^bands
 WORD_LSH = (25, 4)
-MAX_CHECKS = 100
+_BANDS = GRAM_LSH[0] + WORD_LSH[0]
+BAND_SCAN = 100  # of the earlier rows sharing a band key, the first taken
+MAX_CHECKS = 20  # candidates checked a row
 PARALLEL_ROWS = 100_000
 PARALLEL_CHECKS = 10_000  # rows with candidates
 MAX_PROCESSES = 8
@@ -94,21 +99,52 @@ def words(text: str) -> list[str]:
     return TOKEN.findall(lowered)
 
 
-def _batch_words(texts: Sequence[str]) -> list[list[str]]:
-    """`words` of each text, tokenising a batch as one string where it is ASCII (a fraction of the cost)."""
+_SPACE, _SEPARATOR_BYTE = ord(" "), ord(_SEPARATOR)
+_POSITIONS = 64  # byte positions with a table of their own; later ones are mixed with their position
+
+
+@functools.cache
+def _byte_table() -> np.ndarray:
+    """(position, byte) -> a random 64-bit value (seeded: the same in every process): a word's id is the
+    mixed XOR of its bytes' values (tabulation hashing)."""
+    return np.random.default_rng(2).integers(0, 2**64, size=(_POSITIONS, 256), dtype=np.uint64)
+
+
+def _tokenise(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """The `words` of a batch of rows at once: a 64-bit id for each word (a hash of its UTF-8 bytes, odd),
+    one row after another, how many words each row has and the sha256 of each row's words joined by
+    spaces. ASCII batches are tokenised as one string; ids and row boundaries come from numpy over bytes."""
     joined = _SEPARATOR.join(t.replace(_SEPARATOR, " ") for t in texts).lower()
-    if not joined.isascii():
-        return [words(t) for t in texts]
-    return [row.split() for row in joined.translate(_BATCH_WORDS).split(_SEPARATOR)]
-
-
-class WordIds(dict[str, int]):
-    """A 64-bit id per word (blake2b, so the same in every process), computed once per word."""
-
-    def __missing__(self, word: str) -> int:
-        value = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little") | 1
-        self[word] = value
-        return value
+    if joined.isascii():
+        data = joined.translate(_BATCH_WORDS).encode("ascii")
+    else:
+        data = _SEPARATOR.join(" ".join(words(t)) for t in texts).encode()
+    raw = np.frombuffer(data, dtype=np.uint8)
+    at = np.flatnonzero((raw != _SPACE) & (raw != _SEPARATOR_BYTE))  # the words' bytes
+    starts = np.ones(len(at), dtype=bool)
+    starts[1:] = at[1:] != at[:-1] + 1
+    first = np.flatnonzero(starts)  # of each word, its first byte in `at`
+    word_of = np.cumsum(starts) - 1
+    lengths = np.diff(np.append(first, len(at)))
+    position = np.arange(len(at)) - first[word_of]
+    values = _byte_table()[position % _POSITIONS, raw[at]]
+    later = position >= _POSITIONS
+    if later.any():
+        values[later] = _mix(values[later] ^ (position[later] // _POSITIONS).astype(np.uint64))
+    ids = np.zeros(0, dtype=np.uint64)
+    if len(first):
+        ids = _mix(np.bitwise_xor.reduceat(values, first) ^ lengths.astype(np.uint64)) | np.uint64(1)
+    rows = np.cumsum(raw == _SEPARATOR_BYTE)[at[first]]
+    counts = np.bincount(rows, minlength=len(texts)).astype(np.int64)
+    # each row's words joined by single spaces: word w's bytes from first[w] + w, then a space
+    spaced = np.full(len(at) + len(first), _SPACE, dtype=np.uint8)
+    spaced[np.arange(len(at)) + word_of] = raw[at]
+    text = memoryview(spaced.tobytes())
+    ends = np.cumsum(counts)
+    begin = np.append(first + np.arange(len(first)), len(spaced))[ends - counts]
+    end = np.maximum(begin, np.append(0, first + np.arange(len(first)) + lengths)[ends])
+    digests = [hashlib.sha256(text[b:e]).digest() for b, e in zip(begin.tolist(), end.tolist(), strict=True)]
+    return ids, counts, digests
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -197,12 +233,8 @@ class _Batch:
     digests: list[bytes]
 
     @staticmethod
-    def of(texts: Sequence[str], vocabulary: WordIds) -> _Batch:
-        tokenised = _batch_words(texts)
-        counts = np.fromiter(map(len, tokenised), dtype=np.int64, count=len(tokenised))
-        digests = [hashlib.sha256(" ".join(t).encode()).digest() for t in tokenised]
-        flat = [w for tokens in tokenised for w in tokens]
-        ids = np.fromiter(map(vocabulary.__getitem__, flat), dtype=np.uint64, count=len(flat))
+    def of(texts: Sequence[str]) -> _Batch:
+        ids, counts, digests = _tokenise(texts)
         grams, gram_counts = _shingles(ids, counts)
         return _Batch(ids, counts, grams, gram_counts, digests)
 
@@ -238,7 +270,7 @@ class Framing:
     words: np.ndarray
 
     @staticmethod
-    def estimate(texts: Sequence[str], vocabulary: WordIds) -> Framing:
+    def estimate(texts: Sequence[str]) -> Framing:
         step = max(1, len(texts) // FRAMING_SAMPLE)
         sample = texts[::step]
         grams: dict[int, list[np.ndarray]] = {}
@@ -246,7 +278,7 @@ class Framing:
         words: list[np.ndarray] = [np.zeros(0, dtype=np.uint64)]
         short_rows = 0
         for at in range(0, len(sample), Sketches.BATCH):
-            batch = _Batch.of(sample[at : at + Sketches.BATCH], vocabulary)
+            batch = _Batch.of(sample[at : at + Sketches.BATCH])
             bands = _band(batch.counts)
             banded = batch.banded_grams()
             for band in np.unique(bands).tolist():
@@ -304,29 +336,32 @@ class Content:
 
 def similar(a: Content, b: Content) -> bool:
     """Whether rows with contents `a` and `b` are near duplicates (the module's rules)."""
-    if _jaccard(a.all_grams, b.all_grams) >= WHOLE_JACCARD:
+    shared_all = len(a.all_grams & b.all_grams)
+    if _jaccard(shared_all, a.all_grams, b.all_grams) >= WHOLE_JACCARD:
         return True
-    if _jaccard(a.grams, b.grams) >= NEAR_JACCARD:
+    shared = len(a.grams & b.grams)
+    if _jaccard(shared, a.grams, b.grams) >= NEAR_JACCARD:
         return True
     # short rows: the informative words must agree too, as template words that no framing 3-gram covers
     # (slots every word or two: "New order: lamp, quantity 4, for Ivan") would make distinct rows alike
     if (
         max(a.length, b.length) <= SHORT_WORDS
-        and _jaccard(a.words, b.words) >= SHORT_JACCARD
-        and _jaccard(a.informative, b.informative) > SHORT_INFORMATIVE_JACCARD
+        and _jaccard(len(a.words & b.words), a.words, b.words) >= SHORT_JACCARD
+        and _jaccard(len(a.informative & b.informative), a.informative, b.informative)
+        > SHORT_INFORMATIVE_JACCARD
     ):
         return True
     small, large = (a, b) if len(a.all_grams) <= len(b.all_grams) else (b, a)
     return (
         len(small.all_grams) >= MIN_CONTAINED
-        and len(small.all_grams & large.all_grams) >= CONTAINED * len(small.all_grams)
-        and len(small.grams & large.grams) >= CONTAINED * len(small.grams)
+        and shared_all >= CONTAINED * len(small.all_grams)
+        and shared >= CONTAINED * len(small.grams)
         and large.length <= MAX_GROWTH * max(small.length, 1)
     )
 
 
-def _jaccard(a: frozenset[int], b: frozenset[int]) -> float:
-    shared = len(a & b)
+def _jaccard(shared: int, a: frozenset[int], b: frozenset[int]) -> float:
+    """The Jaccard similarity of `a` and `b`, which have `shared` members in common."""
     return shared / (len(a) + len(b) - shared) if a or b else 0.0
 
 
@@ -336,13 +371,12 @@ class Sketches:
 
     BATCH = 4096
 
-    def __init__(self, texts: Sequence[str], vocabulary: WordIds, framing: Framing) -> None:
+    def __init__(self, texts: Sequence[str], framing: Framing) -> None:
         self.texts = texts
-        self.vocabulary = vocabulary
         self.framing = framing
         self.digests: list[bytes] = []
         keys: list[np.ndarray] = []
-        for digests, batch_keys in _sketch_all(texts, framing, vocabulary):
+        for digests, batch_keys in _sketch_all(texts, framing):
             self.digests += digests
             keys.append(batch_keys)
         empty = np.zeros((GRAM_LSH[0] + WORD_LSH[0], 0), dtype=np.uint64)
@@ -355,7 +389,7 @@ class Sketches:
         found: dict[int, Content] = {}
         for at in range(0, len(rows), self.BATCH):
             chunk = rows[at : at + self.BATCH]
-            batch = _Batch.of([self.texts[i] for i in chunk], self.vocabulary)
+            batch = _Batch.of([self.texts[i] for i in chunk])
             word_keep, informative, gram_keep = batch.content(self.framing)
             word_ends, gram_ends = np.cumsum(batch.counts), np.cumsum(batch.gram_counts)
             for k, i in enumerate(chunk):
@@ -371,12 +405,10 @@ class Sketches:
         return found
 
 
-def _sketch(
-    texts: Sequence[str], first: int, framing: Framing, vocabulary: WordIds
-) -> tuple[list[bytes], np.ndarray]:
+def _sketch(texts: Sequence[str], first: int, framing: Framing) -> tuple[list[bytes], np.ndarray]:
     """Digests and band keys (3-gram bands, then word bands) of a batch of rows, the first of them row
     `first`."""
-    batch = _Batch.of(texts, vocabulary)
+    batch = _Batch.of(texts)
     _, word_keep, gram_keep = batch.content(framing)
     gram_keys = _band_keys(
         batch.grams[gram_keep], _row_sums(gram_keep, batch.gram_counts), GRAM_LSH, 1, first
@@ -409,14 +441,12 @@ def _forked(items: list[Any]) -> list[Any]:
     return list(_FORKED["work"](items))
 
 
-def _sketch_all(
-    texts: Sequence[str], framing: Framing, vocabulary: WordIds
-) -> list[tuple[list[bytes], np.ndarray]]:
+def _sketch_all(texts: Sequence[str], framing: Framing) -> list[tuple[list[bytes], np.ndarray]]:
     """`_sketch` over every batch of rows."""
 
     def work(starts: list[int]) -> list[tuple[list[bytes], np.ndarray]]:
         step = Sketches.BATCH
-        return [_sketch(texts[at : at + step], at, framing, vocabulary) for at in starts]
+        return [_sketch(texts[at : at + step], at, framing) for at in starts]
 
     return _spread(work, list(range(0, len(texts), Sketches.BATCH)), PARALLEL_ROWS // Sketches.BATCH)
 
@@ -438,10 +468,20 @@ class Index:
         for i, digest in enumerate(training.digests):
             self.first.setdefault(digest, i)
         self.indexed = np.fromiter(sorted(self.first.values()), dtype=np.int64, count=len(self.first))
-        keys = training.keys[:, self.indexed]
-        # per band, the indexed rows (by rank) in key order; within a key, earlier rows first
-        self.order = np.argsort(keys, axis=1, kind="stable")
-        self.sorted_keys = np.take_along_axis(keys, self.order, axis=1)
+        # per band, the indexed rows (by rank) in key order, within a key earlier rows first: a key's low
+        # bits give way to the rank, so that one plain sort of the keys orders both (an argsort, stable,
+        # takes several times longer; the keys keep at least 40 bits)
+        self.rank_bits = np.uint64(max(24, (len(self.indexed) - 1).bit_length()))
+        ranks = (np.uint64(1) << self.rank_bits) - np.uint64(1)
+        packed = np.sort(
+            (training.keys[:, self.indexed] & ~ranks) | np.arange(len(self.indexed), dtype=np.uint64)
+        )
+        self.order = (packed & ranks).astype(np.int64)
+        self.sorted_keys = packed >> self.rank_bits
+
+    def _keys(self, keys: np.ndarray) -> np.ndarray:
+        """Band keys as `sorted_keys` holds them."""
+        return np.asarray(keys >> self.rank_bits)
 
     def training_matches(self) -> list[Match | None]:
         """For every training row, its match among the indexed rows before it."""
@@ -454,21 +494,16 @@ class Index:
             return found
         same = np.zeros((bands, count), dtype=bool)
         same[:, 1:] = self.sorted_keys[:, 1:] == self.sorted_keys[:, :-1]
-        # where each sorted position's key group starts, and where each rank sits in the sorted order
+        # where each sorted position's key group starts; how many earlier rows of its key it takes (at most
+        # BAND_SCAN), and from where in the flattened order
         group_start = np.where(same, 0, np.arange(count))
         np.maximum.accumulate(group_start, axis=1, out=group_start)
-        where = np.empty_like(self.order)
-        np.put_along_axis(where, self.order, np.arange(count)[None, :], axis=1)
-        band = np.arange(bands)
-        has_earlier = np.take_along_axis(same, where, axis=1).any(axis=0)
-        candidates: dict[int, list[int]] = {}
-        for rank in np.flatnonzero(has_earlier).tolist():
-            at = where[:, rank]
-            starts = group_start[band, at]
-            ranks: set[int] = set()
-            for b in np.flatnonzero(starts < at).tolist():
-                ranks.update(self.order[b, starts[b] : at[b]].tolist())
-            candidates[int(self.indexed[rank])] = [int(self.indexed[r]) for r in sorted(ranks)[:MAX_CHECKS]]
+        taken = np.minimum(np.arange(count)[None, :] - group_start, BAND_SCAN).ravel()
+        at = np.flatnonzero(taken)
+        ranks = self._candidates(
+            self.order.ravel()[at], count, at - at % count + group_start.ravel()[at], taken[at]
+        )
+        candidates = {int(self.indexed[rank]): rows for rank, rows in ranks.items()}
         training = self.training
 
         def work(pairs: list[tuple[int, list[int]]]) -> list[Match | None]:
@@ -483,21 +518,18 @@ class Index:
     def matches(self, other: Sketches) -> list[Match | None]:
         """For every row of `other` (an evaluation split), its match among the training rows."""
         found: list[Match | None] = [None] * len(other)
-        bands = self.sorted_keys.shape[0]
-        lo = np.stack(
-            [np.searchsorted(self.sorted_keys[b], other.keys[b], side="left") for b in range(bands)]
+        if not len(other):
+            return found
+        bands, keys = self.sorted_keys.shape[0], self._keys(other.keys)
+        lo = np.stack([np.searchsorted(self.sorted_keys[b], keys[b], side="left") for b in range(bands)])
+        hi = np.stack([np.searchsorted(self.sorted_keys[b], keys[b], side="right") for b in range(bands)])
+        exact = np.fromiter((d in self.first for d in other.digests), dtype=bool, count=len(other))
+        taken = np.where(exact[None, :], 0, np.minimum(hi - lo, BAND_SCAN)).ravel()
+        at = np.flatnonzero(taken)
+        count = self.sorted_keys.shape[1]
+        candidates = self._candidates(
+            at % len(other), len(other), at // len(other) * count + lo.ravel()[at], taken[at]
         )
-        hi = np.stack(
-            [np.searchsorted(self.sorted_keys[b], other.keys[b], side="right") for b in range(bands)]
-        )
-        candidates: dict[int, list[int]] = {}
-        for i in np.flatnonzero(np.any(hi > lo, axis=0)).tolist():
-            if other.digests[i] in self.first:
-                continue
-            ranks: set[int] = set()
-            for b in np.flatnonzero(hi[:, i] > lo[:, i]).tolist():
-                ranks.update(self.order[b, lo[b, i] : hi[b, i]].tolist())
-            candidates[i] = [int(self.indexed[r]) for r in sorted(ranks)[:MAX_CHECKS]]
         theirs = other.contents(sorted(candidates))
         mine = self.training.contents(sorted({r for c in candidates.values() for r in c}))
         for i, digest in enumerate(other.digests):
@@ -507,9 +539,42 @@ class Index:
                 found[i] = self._near(theirs[i], candidates[i], mine)
         return found
 
+    def _candidates(
+        self, queries: np.ndarray, query_count: int, starts: np.ndarray, taken: np.ndarray
+    ) -> dict[int, list[int]]:
+        """{query: the training rows to check}, from what each query (a number below `query_count`) shares a
+        band key with: `taken[k]` indexed ranks from `starts[k]` in the flattened `order` (a band's earliest
+        `BAND_SCAN` of a key). The rows sharing most bands come first, then the earlier, at most
+        `MAX_CHECKS`: a near duplicate shares many bands (a pair of similarity 0.7 about 7 of the 20 3-gram
+        bands), rows that share only a template sentence or a few words one or two."""
+        count = self.sorted_keys.shape[1]
+        order = self.order.ravel()
+        offsets = np.arange(int(taken.sum())) - np.repeat(np.cumsum(taken) - taken, taken)
+        earlier = order[np.repeat(starts, taken) + offsets]
+        # each (query, earlier rank) once, with the number of bands they share
+        pair, shared = np.unique(np.repeat(queries, taken) * count + earlier, return_counts=True)
+        asked, earlier = np.divmod(pair, count)
+        most = _BANDS - shared
+        if (_BANDS + 1) * query_count * count < 2**63:  # one int64 sort
+            ranked = np.sort((asked * (_BANDS + 1) + most) * count + earlier)
+            asked, earlier = ranked // ((_BANDS + 1) * count), ranked % count
+        else:
+            ranked = np.lexsort((earlier, most, asked))
+            asked, earlier = asked[ranked], earlier[ranked]
+        firsts = np.flatnonzero(np.diff(asked, prepend=-1))
+        within = np.arange(len(asked)) - np.repeat(firsts, np.diff(np.append(firsts, len(asked))))
+        keep = within < MAX_CHECKS
+        asked, earlier = asked[keep], self.indexed[earlier[keep]]
+        if not len(asked):
+            return {}
+        splits = np.flatnonzero(np.diff(asked)) + 1
+        queried = asked[np.append(0, splits)].tolist()
+        return dict(zip(queried, (rows.tolist() for rows in np.split(earlier, splits)), strict=True))
+
     @staticmethod
     def _near(content: Content, rows: list[int], contents: dict[int, Content]) -> Match | None:
-        """The first of `rows` (training rows, earliest first) that `content` is a near duplicate of."""
+        """The first of `rows` (training rows, in `_candidates`' order) that `content` is a near duplicate
+        of."""
         for row in rows:
             if similar(content, contents[row]):
                 return "near", row

@@ -83,11 +83,10 @@ def _repeats(
 ) -> tuple[float, float]:
     """(duplicate rate within training, leakage rate of evaluation rows into training). Under the gate the
     duplicated training rows are dropped from `kept`, the first of each kept."""
-    ids = duplicates.WordIds()
     training = kept["training"]
     texts = [row.similarity_text for row in training]
-    framing = duplicates.Framing.estimate(texts, ids)
-    index = duplicates.Index(duplicates.Sketches(texts, ids, framing))
+    framing = duplicates.Framing.estimate(texts)
+    index = duplicates.Index(duplicates.Sketches(texts, framing))
     repeated: dict[int, str] = {}
     file = splits["training"].name
     for i, (row, match) in enumerate(zip(training, index.training_matches(), strict=True)):
@@ -109,7 +108,7 @@ def _repeats(
     leaked = evaluated = 0
     for name in ("validation", "holdout"):
         evaluation = kept.get(name, [])
-        sketches = duplicates.Sketches([row.similarity_text for row in evaluation], ids, framing)
+        sketches = duplicates.Sketches([row.similarity_text for row in evaluation], framing)
         for row, match in zip(evaluation, index.matches(sketches), strict=True):
             evaluated += 1
             if match is not None:
