@@ -121,12 +121,14 @@ class ProgressReport(ApiModel):
     loss: float | None = None
     eval_loss: float | None = None
     tokens_per_second: float | None = None
+    stopped_early: Text | None = None  # why training ended before its last step
     updated_at: datetime
 
 
 class CheckpointMarker(ApiModel):
     step: Annotated[int, Field(ge=0)]
     metrics: dict[str, float] = Field(default_factory=dict)
+    stopped_early: Text | None = None  # on the checkpoint where early stopping ended training: why
     created_at: datetime | None = None
 
 

@@ -111,7 +111,7 @@ class RunContract(ApiModel):
     rft: RftSettings | None = None
     vision: VisionSettings | None = None
     data_gates: DataGates
-    early_stopping: EarlyStopping | None = None
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     checkpointing: Checkpointing
     storage: StorageTarget
     distributed: Distributed = Field(default_factory=Distributed)

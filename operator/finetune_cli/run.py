@@ -304,6 +304,8 @@ def _summary(run: LocalRun, trained: float, total: float, before: Score | None, 
     progress = ProgressReport.model_validate_json(Path(layout.progress).read_bytes())
     checkpoints = [Path(layout.checkpoint(m.step)).name for m in run.markers()]
     print(f"\ntrained {progress.step}/{progress.total_steps} steps in {trained:.0f} s ({total:.0f} s in all)")
+    if progress.stopped_early:
+        print(progress.stopped_early)
     if progress.loss is not None:
         print(
             f"final loss {progress.loss:.4f}"

@@ -26,7 +26,7 @@ def job(
     method: str = "sft",
     fmt: str = "chat",
     adapter: str = "lora",
-    save_steps: int = 2,
+    save_steps: int | None = 2,
     validation: bool = True,
     spec: dict[str, Any] | None = None,
 ) -> FineTuneJob:
@@ -44,6 +44,8 @@ def job(
                 "datasets": datasets,
                 "adapter": {"type": adapter},
                 "checkpointing": {"saveSteps": save_steps, "keepLast": 2},
+                # these runs test what a whole run leaves behind; early stopping has tests of its own
+                "earlyStopping": {"enabled": False},
                 "storage": {"bucket": "unused"},
             }
             | (spec or {}),

@@ -113,3 +113,34 @@ def test_sigkill_resumes_from_the_last_complete_checkpoint(tiny: Path, tmp_path:
     state = json.loads((checkpoints / f"step-{total:09d}" / "trainer_state.json").read_text())
     assert state["global_step"] == total
     assert not (partial / "COMPLETE").exists()
+
+
+def test_without_a_validation_file_held_out_rows_stop_a_run_that_stopped_learning(
+    tiny: Path, tmp_path: Path
+) -> None:
+    # random words: after a few steps at this learning rate the held-out loss has nothing more to gain
+    staging = tmp_path / "staging"
+    config = contract(
+        tmp_path,
+        tiny,
+        f"{staging}/",
+        rows=96,
+        epochs=8,
+        learning_rate=2e-2,
+        save_steps=None,
+        validation=False,
+        spec={"earlyStopping": {}},
+    )
+    output = train(config, tmp_path / "work").communicate(timeout=300)[0]
+    assert "8 of 96 training rows held out to watch (seed" in output, output
+    total = 88 // 4 * 8  # the 88 rows trained on, batch 4, 8 epochs
+    assert "stopped early at step " in output, output
+    progress = json.loads((staging / "progress.json").read_text())
+    assert progress["totalSteps"] == total
+    assert progress["step"] < total
+    assert progress["stoppedEarly"].startswith(
+        f"stopped early at step {progress['step']} of {total}: held-out loss"
+    )
+    marker = json.loads((staging / "checkpoints" / f"step-{progress['step']:09d}" / "COMPLETE").read_text())
+    assert marker["stoppedEarly"] == progress["stoppedEarly"]
+    assert f"training complete at step {progress['step']}" in output

@@ -596,3 +596,28 @@ def test_a_named_object_deleted_while_a_job_runs_is_told_but_the_job_is_left_to_
     decision = reconcile(observe(job, validation=JobObservation("v", active=1), references=absent), SETTINGS)
     assert decision.status.phase == "ValidatingData"
     assert conditions(decision)["ReferencesResolved"] == ("False", "SecretNotFound")
+
+
+def test_a_run_that_stopped_early_says_so_in_kubectl_get_and_its_trained_condition() -> None:
+    job = validated(ftj())
+    job.status.start_time = NOW - timedelta(minutes=10)
+    running = training(
+        job,
+        JobObservation("j", attempt=1, active=1),
+        storage=StorageObservation(progress=ProgressReport(step=40, total_steps=100, updated_at=NOW)),
+    )
+    why = "stopped early at step 50 of 100: held-out loss did not improve by 0.01 in 2 evaluations"
+    markers = (
+        CheckpointMarker(step=40, metrics={"eval_loss": 0.3}),
+        CheckpointMarker(step=50, stopped_early=why),
+    )
+    decision = training(
+        job.model_copy(update={"status": running.status}),
+        JobObservation("j", attempt=1, outcome="Complete"),
+        storage=StorageObservation(checkpoints=markers),
+    )
+    assert decision.status.phase == "Succeeded"
+    assert decision.status.progress.summary == "50/100 (stopped early)"
+    assert decision.status.progress.stopped_early == why
+    trained = next(c for c in decision.status.conditions if c.type == "Trained")
+    assert trained.message.startswith(why)

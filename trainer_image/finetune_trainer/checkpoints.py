@@ -37,6 +37,7 @@ from finetune_api.run_layout import (
     best_step,
     step_of,
 )
+from finetune_trainer.early_stopping import StopWhenFlat
 from finetune_trainer.storage import Store, join, replace_file, sha256_of
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "finetune-operator")
@@ -96,8 +97,15 @@ def restore(store: Store, layout: StagingLayout, step: int, output_dir: Path) ->
 
 class StagingCheckpoints(TrainerCallback):
     def __init__(
-        self, store: Store, layout: StagingLayout, *, keep_last: int, provenance: dict[str, Any]
+        self,
+        store: Store,
+        layout: StagingLayout,
+        *,
+        keep_last: int,
+        provenance: dict[str, Any],
+        early_stop: StopWhenFlat | None = None,
     ) -> None:
+        self.early_stop = early_stop  # its reason goes into the marker of the checkpoint it stopped at
         self.store = store
         self.layout = layout
         self.keep_last = keep_last
@@ -127,7 +135,10 @@ class StagingCheckpoints(TrainerCallback):
             replace_file(extra / f"{name}.json", json.dumps(value, indent=2, default=str).encode())
         prefix = self.layout.checkpoint(step)
         self.store.upload_dir(local, prefix)
-        marker = CheckpointMarker(step=step, metrics=dict(self.metrics), created_at=datetime.now(UTC))
+        stopped = self.early_stop.reason if self.early_stop is not None else None
+        marker = CheckpointMarker(
+            step=step, metrics=dict(self.metrics), stopped_early=stopped, created_at=datetime.now(UTC)
+        )
         self.store.write_bytes(join(prefix, COMPLETE_MARKER), marker.model_dump_json(by_alias=True).encode())
         self._prune()
 

@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from finetune_api.run_layout import PROGRESS_INTERVAL_SECONDS, ProgressReport
 from finetune_api.trainer_config import ENV_METRICS_PORT
 from finetune_trainer import flops
+from finetune_trainer.early_stopping import StopWhenFlat
 from finetune_trainer.storage import Store
 
 LABELS = ("namespace", "finetunejob", "run_id", "method")
@@ -74,7 +75,15 @@ class Metrics:
 
 
 class ProgressReporter(TrainerCallback):
-    def __init__(self, store: Store, uri: str, metrics: Metrics | None = None, seq_len: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        uri: str,
+        metrics: Metrics | None = None,
+        seq_len: int = 0,
+        early_stop: StopWhenFlat | None = None,
+    ) -> None:
+        self.early_stop = early_stop  # its reason goes into the report
         self.store = store
         self.uri = uri  # the run layout's progress.json
         self.metrics = metrics or Metrics()
@@ -167,6 +176,7 @@ class ProgressReporter(TrainerCallback):
             step=state.global_step,
             total_steps=total,
             epoch=round(state.epoch, 3) if state.epoch is not None else None,
+            stopped_early=self.early_stop.reason if self.early_stop is not None else None,
             updated_at=datetime.now(UTC),
             **self.report,
         )

@@ -3,8 +3,10 @@
 Sequence (each step fails with a message that says what to change, exit 1):
 1. read the datasets and run the data gates again: the rows trained on are the rows validation passed
    (duplicates and ties dropped, PII redacted under `Redact`), and their digests go into every checkpoint;
-2. resolve the base model (`models.materialize`), pick the method module, add the callbacks: progress
-   (`progress.json` + Prometheus), staging checkpoints (marker last), save at the last step, early stopping;
+   Without a validation file, early stopping (on by default) holds out a seeded share of the training rows
+   to watch (`early_stopping`);
+2. resolve the base model (`models.materialize`), pick the method module, add the callbacks: early stopping,
+   progress (`progress.json` + Prometheus), staging checkpoints (marker last), save at the last step;
 3. resume from the newest complete checkpoint under the staging prefix (same run id = same prefix);
 4. train; exit 0 only when the run is complete (its last step, or an early stop, saved as a checkpoint);
    on SIGTERM or SIGINT, save at the end of the step and exit 128 + signal (`stopping`).
@@ -26,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from finetune_api.trainer_config import TrainContract
+from finetune_api.v1alpha1.finetunejob import EARLY_STOPPING_MIN_TRAINING
 from finetune_trainer import ranks, validate
 from finetune_trainer.checkpoints import SaveAtEnd, StagingCheckpoints, latest_complete, restore
 from finetune_trainer.data import gates
+from finetune_trainer.early_stopping import StopWhenFlat, held_out
 from finetune_trainer.methods import Run
 from finetune_trainer.models import ModelError, materialize
 from finetune_trainer.progress import Metrics, ProgressReporter
@@ -71,14 +75,30 @@ def prepare(config: TrainContract, store: Store, scratch: Path) -> tuple[Run, di
     import torch  # noqa: PLC0415
 
     gpu = torch.cuda.is_available()
+    train_rows, eval_rows = outcome.rows["training"], outcome.rows.get("validation", [])
+    early = config.early_stopping
+    if early.enabled and not eval_rows:
+        train_rows, eval_rows = held_out(train_rows, early, config.hyperparameters.seed)
+        if eval_rows:
+            print(
+                f"early stopping: no validation file, {len(eval_rows)} of {len(outcome.rows['training'])} "
+                f"training rows held out to watch (seed {config.hyperparameters.seed})",
+                flush=True,
+            )
+        else:
+            print(
+                f"early stopping: no validation file and {len(train_rows)} training rows, too few to hold "
+                f"any out (at least {EARLY_STOPPING_MIN_TRAINING}): every step is trained",
+                flush=True,
+            )
     run = Run(
         config=config,
         model_dir=ranks.local_zero_first(
             "download the base model", lambda: materialize(config.base_model, store, scratch)
         ),
         output_dir=scratch / "checkpoints",
-        train_rows=outcome.rows["training"],
-        eval_rows=outcome.rows.get("validation", []),
+        train_rows=train_rows,
+        eval_rows=eval_rows,
         gpu=gpu,
         world_size=ranks.world_size(),
     )
@@ -111,21 +131,17 @@ def main(config: TrainContract, workdir_path: Path | None = None) -> int:
         if ranks.rank() == 0:
             metrics.serve()
         keep = config.checkpointing.keep_last
+        early = config.early_stopping
+        flat = StopWhenFlat(early, early.watched(config.method)) if run.watching() else None
         run.callbacks += [
-            ProgressReporter(store, staging.progress, metrics, config.hyperparameters.max_seq_length),
-            StagingCheckpoints(store, staging, keep_last=keep, provenance=provenance),
+            *([flat] if flat is not None else []),  # before the two below: they report its reason
+            ProgressReporter(
+                store, staging.progress, metrics, config.hyperparameters.max_seq_length, early_stop=flat
+            ),
+            StagingCheckpoints(store, staging, keep_last=keep, provenance=provenance, early_stop=flat),
             SaveAtEnd(),
             stop,
         ]
-        early = config.early_stopping
-        if early is not None and run.eval_rows:
-            from transformers import EarlyStoppingCallback  # noqa: PLC0415
-
-            run.callbacks.append(
-                EarlyStoppingCallback(
-                    early_stopping_patience=early.patience, early_stopping_threshold=early.min_delta
-                )
-            )
         trainer = importlib.import_module(METHODS[str(config.method)]).build(run)
         where = f"resuming from step {resume_step}" if resume is not None else "from the base model"
         print(

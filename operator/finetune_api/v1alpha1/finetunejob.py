@@ -226,10 +226,43 @@ class DataGates(ApiModel):
     preference: PreferenceGates | None = None
 
 
+EARLY_STOPPING_MIN_ROWS = 8
+EARLY_STOPPING_MAX_ROWS = 256
+EARLY_STOPPING_MIN_TRAINING = 4 * EARLY_STOPPING_MIN_ROWS
+
+
 class EarlyStopping(ApiModel):
-    metric: Literal["eval_loss", "grader_score"] = "eval_loss"
-    patience: Annotated[int, Field(ge=1, le=1000)] = 3
-    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    """Stop when the held-out metric stops improving; on by default. Without `datasets.validation`, a
+    seeded share of the training rows (after the data gates) is held out to watch."""
+
+    enabled: bool = Field(default=True, description="false: train every step the hyperparameters give.")
+    metric: Literal["eval_loss", "grader_score"] | None = Field(
+        default=None,
+        description="eval_loss (lower is better), or for rft grader_score: the grader's mean score on the "
+        "held-out prompts (higher is better). Unset: grader_score for rft, eval_loss otherwise.",
+    )
+    patience: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=2, description="Evaluations in a row without an improvement of at least minDelta."
+    )
+    min_delta: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.01, description="The least change of the metric that counts as an improvement."
+    )
+    evaluations: Annotated[int, Field(ge=2, le=1000)] = Field(
+        default=10,
+        description="How many times a run evaluates (and saves a checkpoint), evenly spread, when "
+        "checkpointing.saveSteps is unset; at least once an epoch.",
+    )
+    holdout_share: Annotated[float, Field(gt=0.0, le=0.5)] = Field(
+        default=0.05,
+        description="Without datasets.validation: the share of training rows held out to watch (seeded by "
+        f"hyperparameters.seed), at least {EARLY_STOPPING_MIN_ROWS} and at most {EARLY_STOPPING_MAX_ROWS} "
+        f"rows; with fewer than {EARLY_STOPPING_MIN_TRAINING} training rows nothing is held out and the run "
+        "does not stop early.",
+    )
+
+    def watched(self, method: Method) -> Literal["eval_loss", "grader_score"]:
+        """The metric watched: the one set, else the method's."""
+        return self.metric or ("grader_score" if method == Method.RFT else "eval_loss")
 
 
 class Checkpointing(ApiModel):
@@ -280,7 +313,7 @@ class FineTuneJobSpec(ApiModel):
     rft: RftSettings | None = None
     vision: VisionSettings | None = None
     data_gates: DataGates = Field(default_factory=DataGates)
-    early_stopping: EarlyStopping | None = None
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     checkpointing: Checkpointing = Field(default_factory=Checkpointing)
     resources: Resources = Field(default_factory=Resources)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
@@ -356,12 +389,6 @@ class FineTuneJobSpec(ApiModel):
             "self.earlyStopping.metric != 'grader_score' || self.method == 'rft'",
             "earlyStopping.metric grader_score applies only to method rft",
             field_path=".earlyStopping.metric",
-        ),
-        Rule(
-            "!has(self.earlyStopping) || has(self.datasets.validation)",
-            "earlyStopping needs datasets.validation: it watches the eval loss, or for grader_score the "
-            "grader's mean score on the validation prompts",
-            field_path=".earlyStopping",
         ),
         Rule(
             "!has(self.deployment) || has(self.outputUri)",

@@ -28,6 +28,9 @@ class Progress(ApiModel):
         default=None,
         description='Time left at the rate so far, as of updatedAt ("12m", "1h05m"), for kubectl get.',
     )
+    stopped_early: Text | None = Field(
+        default=None, description="Why training ended before its last step (earlyStopping), when it did."
+    )
     updated_at: datetime | None = None
 
 

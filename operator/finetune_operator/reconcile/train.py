@@ -153,9 +153,15 @@ def _complete(step: Step) -> list[CheckpointRecord]:
         return []
     best = status.best_checkpoint or records[-1]
     message = f"{len(records)} checkpoints; best at step {best.step}"
+    last = max(step.observed.storage.checkpoints, key=lambda m: m.step)
+    if last.stopped_early:
+        message = f"{last.stopped_early}; {message}"
     step.condition(ConditionType.TRAINED, "True", Reason.TRAINING_COMPLETE, message)
     if status.progress is not None:
         status.progress.percent = 100
+        if last.stopped_early:
+            status.progress.stopped_early = last.stopped_early
+            status.progress.summary = f"{last.step}/{status.progress.total_steps} (stopped early)"
     return records
 
 

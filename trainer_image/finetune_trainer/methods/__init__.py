@@ -20,6 +20,7 @@ from typing import Any
 
 from finetune_api.trainer_config import ResolvedHyperparameters, TrainContract
 from finetune_trainer.data.rows import Row
+from finetune_trainer.early_stopping import LOGGED
 
 
 @dataclass
@@ -48,11 +49,26 @@ class Run:
         per_step = self.per_device_batch() * self.world_size * int(self.hp.gradient_accumulation_steps)
         return max(1, math.ceil(len(self.train_rows) / per_step))
 
+    def watching(self) -> bool:
+        """Whether early stopping watches held-out rows in this run."""
+        return self.config.early_stopping.enabled and bool(self.eval_rows)
+
+    def save_steps(self) -> int:
+        """Steps between checkpoints (and evaluations): `saveSteps`; else, while early stopping watches,
+        `evaluations` a run (at least one an epoch); else once an epoch."""
+        if self.config.checkpointing.save_steps:
+            return self.config.checkpointing.save_steps
+        per_epoch = self.steps_per_epoch()
+        if not self.watching():
+            return per_epoch
+        total = per_epoch * self.hp.epochs
+        return min(per_epoch, max(1, math.ceil(total / self.config.early_stopping.evaluations)))
+
     def common_args(self) -> dict[str, Any]:
         """TrainingArguments every method shares: schedule, precision, checkpoint and eval cadence."""
         hp = self.hp
         total = self.steps_per_epoch() * hp.epochs
-        save_steps = self.config.checkpointing.save_steps or self.steps_per_epoch()
+        save_steps = self.save_steps()
         evaluating = bool(self.eval_rows)
         args: dict[str, Any] = {
             "output_dir": str(self.output_dir),
@@ -79,9 +95,8 @@ class Run:
             "disable_tqdm": True,
             "dataloader_num_workers": 0,
         }
-        early = self.config.early_stopping
-        if early is not None and evaluating:
-            metric = "eval_loss" if early.metric == "eval_loss" else "eval_reward"
+        if self.watching():
+            metric = LOGGED[self.config.early_stopping.watched(self.config.method)]
             args |= {"metric_for_best_model": metric, "greater_is_better": metric != "eval_loss"}
         return args
 
