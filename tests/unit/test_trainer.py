@@ -65,7 +65,7 @@ def test_qlora_on_cpu_is_refused_with_what_to_do() -> None:
 
 def test_builtin_datasets_are_what_the_generator_writes() -> None:
     for name, text in order_json.render().items():
-        assert (order_json.FOLDER / name).read_text() == text, (
+        assert (order_json.DATASETS / name).read_text() == text, (
             f"regenerate with python -m {order_json.__name__}"
         )
 

@@ -1,7 +1,16 @@
-"""The quickstart's task: turn a sentence about an order into one JSON object, checked by exact match.
+"""The quickstarts' task: turn a sentence about an order into one JSON object.
 
-`python -m finetune_trainer.builtin.order_json` writes `datasets/order-json/{training,validation,holdout}
-.jsonl` (deterministic; a test checks the committed files match). The splits share no (customer, item,
+`python -m finetune_trainer.builtin.order_json` writes three datasets of the same orders, each with
+`{training,validation,holdout}.jsonl` (deterministic; a test checks the committed files match):
+- `order-json`: chat rows, the instruction as the system message and the JSON object as the reply (SFT,
+  checked by exact match);
+- `order-json-preferences`: preference rows for DPO, the sentence alone as the prompt, the JSON object
+  preferred over a friendly sentence saying the same (a new answer style: the base model prefers the
+  sentence), checked by preference accuracy;
+- `order-json-rft`: RFT rows, the instruction and the sentence as the prompt, the order's fields as the
+  reference (`item.customer`, `item.item`, `item.quantity`, `item.city`) for a grader that gives a
+  quarter point per field right.
+ The splits share no (customer, item,
 quantity, city) combination, no two sentences of one pattern share two of customer, item and city (they
 would be near duplicates), and every sentence pattern appears in each split. The instruction is the
 system message, so the data gates judge duplicates and leakage on the sentences and answers themselves.
@@ -15,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FOLDER = Path(__file__).parent / "datasets" / "order-json"
+DATASETS = Path(__file__).parent / "datasets"
+FOLDER = DATASETS / "order-json"
 SIZES = {"training": 96, "validation": 16, "holdout": 48}
 SYSTEM = (
     'Reply with only a JSON object with the keys "customer", "item", "quantity" (a number) and "city", '
@@ -79,6 +89,11 @@ CITIES = [
     "Accra",
     "Delhi",
 ]
+PROSE = (
+    "Sure! {customer} ordered {quantity} {item}s, and they will be shipped to {city}.",
+    "Of course. That is an order of {quantity} {item}s for {customer}, going to {city}.",
+    "Got it: {customer} would like {quantity} {item}s delivered to {city}.",
+)
 PATTERNS = (
     "{customer} wants {quantity} {item}s shipped to {city}.",
     "Please send {quantity} {item}s to {customer} in {city}.",
@@ -126,18 +141,44 @@ def _alike(order: tuple[str, str, int, str], earlier: list[tuple[str, str, int, 
     return any((customer == c) + (item == i) + (city == t) >= 2 for c, i, _, t in earlier)
 
 
-def render() -> dict[str, str]:
+def preference(row: dict[str, Any], k: int) -> dict[str, Any]:
+    """The chat row as a DPO row: its JSON reply preferred over a sentence (one of `PROSE`) saying it."""
+    _, user, reply = row["messages"]
+    values = json.loads(reply["content"])
+    prose = PROSE[k % len(PROSE)].format(**values)
     return {
-        f"{split}.jsonl": "".join(json.dumps(row) + "\n" for row in split_rows)
-        for split, split_rows in rows().items()
+        "input": {"messages": [user]},
+        "preferred_output": [reply],
+        "non_preferred_output": [{"role": "assistant", "content": prose}],
     }
 
 
+def rft(row: dict[str, Any]) -> dict[str, Any]:
+    """The chat row as an RFT row: the prompt, and the order's fields as the grader's reference."""
+    system, user, reply = row["messages"]
+    return {"messages": [system, user], **json.loads(reply["content"])}
+
+
+def render() -> dict[str, str]:
+    """{path under `DATASETS`: its text}."""
+    out: dict[str, str] = {}
+    for split, split_rows in rows().items():
+        variants = {
+            "order-json": split_rows,
+            "order-json-preferences": [preference(r, k) for k, r in enumerate(split_rows)],
+            "order-json-rft": [rft(r) for r in split_rows],
+        }
+        for name, written in variants.items():
+            out[f"{name}/{split}.jsonl"] = "".join(json.dumps(r) + "\n" for r in written)
+    return out
+
+
 def main() -> int:
-    FOLDER.mkdir(parents=True, exist_ok=True)
     for name, text in render().items():
-        (FOLDER / name).write_text(text)
-        print(f"wrote {FOLDER / name}")
+        path = DATASETS / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 
