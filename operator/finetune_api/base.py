@@ -324,6 +324,14 @@ def parse_duration(value: str) -> int:
     return hours * 3600 + minutes * 60 + seconds
 
 
+class TokenLengths(ApiModel):
+    """Estimated tokens of one training row (UTF-8 bytes / 3, rounded up; `finetune_api.hyperparameters`),
+    as the data gates measured them: what `"auto"` sizes micro-batches and the expected time by."""
+
+    mean: Annotated[int, Field(ge=0)]
+    max: Annotated[int, Field(ge=0)]
+
+
 @dataclass(frozen=True)
 class AutoNumber:
     """Annotation for a number that may also be the string "auto" (resolved later from dataset size).

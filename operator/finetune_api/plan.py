@@ -6,7 +6,7 @@ processes and a local folder. Neither re-derives any of what is decided here:
 - the run id (`run_id`), the same rule in a cluster and on a laptop;
 - every location the run writes: its staging layout (data report, progress, checkpoints, holdout scores,
   evaluation report and examples) and the promoted version's URI and manifest;
-- "auto" hyperparameters, resolved from the validated row count;
+- "auto" hyperparameters, resolved from the validated rows and the device that trains them;
 - the trainer contract of each phase (validate, train, evaluate, promote), one type per command;
 - which checkpoint a gate judges (`candidate`) and against which baseline (`baseline`);
 - the call that turns an evaluation (or its absence) into the gate's verdict (`verdict`).
@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from finetune_api.base import TokenLengths
+from finetune_api.device import Device
 from finetune_api.errors import PermanentError
 from finetune_api.gate import EvalReport, decide, verdict_id
 from finetune_api.hyperparameters import Resolved, resolve
@@ -125,11 +127,23 @@ class RunPlan:
 
     # --- what each phase is given -----------------------------------------------------------------
 
-    def resolve(self, rows: int) -> Resolved:
-        """Epochs, batch size and learning rate for `rows` validated training rows, "auto" resolved."""
+    def resolve(
+        self, rows: int, lengths: TokenLengths | None = None, device: Device | None = None
+    ) -> Resolved:
+        """Epochs, batch size, accumulation and learning rate for `rows` validated training rows of
+        `lengths` estimated tokens, "auto" resolved for `device`: by default what the training pods
+        request (`Device.of_resources`); `finetune run` passes the machine it runs on."""
         spec = self.job.spec
         try:
-            return resolve(spec.hyperparameters, rows=rows, method=spec.method, adapter=spec.adapter.type)
+            return resolve(
+                spec.hyperparameters,
+                rows=rows,
+                method=spec.method,
+                adapter=spec.adapter.type,
+                device=device or Device.of_resources(spec.resources),
+                lengths=lengths,
+                rft=spec.rft,
+            )
         except ValueError as err:
             raise PermanentError(Reason.DATA_UNREADABLE, f"cannot train: {err}") from err
 
@@ -142,7 +156,7 @@ class RunPlan:
             max_seq_length=hp.max_seq_length,
             packing=hp.packing,
             warmup_ratio=hp.warmup_ratio,
-            gradient_accumulation_steps=hp.gradient_accumulation_steps,
+            gradient_accumulation_steps=resolved.gradient_accumulation_steps,
             weight_decay=hp.weight_decay,
             seed=hp.seed,
         )

@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from finetune_api.base import ApiModel, Text
+from finetune_api.base import ApiModel, Text, TokenLengths
 
 DATA_REPORT = "data-report.json"
 PROGRESS = "progress.json"
@@ -102,6 +102,9 @@ class DataValidationReport(ApiModel):
     leakage_rate: float = 0.0
     pii_findings: dict[str, int] = Field(default_factory=dict)
     dropped: dict[str, int] = Field(default_factory=dict)
+    tokens: TokenLengths | None = Field(
+        default=None, description="Estimated tokens of one training row (after drops): for the auto rule."
+    )
     failed_rules: Annotated[list[Text], Field(max_length=32)] = Field(
         default_factory=list, description='One line per failed gate, e.g. "duplicate rate 4.1% > 2.0%".'
     )
@@ -122,7 +125,25 @@ class ProgressReport(ApiModel):
     eval_loss: float | None = None
     tokens_per_second: float | None = None
     stopped_early: Text | None = None  # why training ended before its last step
+    expected_seconds: float | None = Field(
+        default=None,
+        description="Seconds the run (what is left of it, when resumed) is expected to take, estimated "
+        "before its first step from a documented throughput per device (the trainer's `flops.py`).",
+    )
     updated_at: datetime
+
+
+def duration(seconds: float) -> str:
+    """A duration as kubectl prints ages, to the minute: "<1m", "12m", "1h05m", "2d03h" (the operator's
+    ETA column, `finetune run` and the trainer's log alike)."""
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return "<1m"
+    hours, minutes = divmod(minutes, 60)
+    if hours == 0:
+        return f"{minutes}m"
+    days, hours = divmod(hours, 24)
+    return f"{hours}h{minutes:02d}m" if days == 0 else f"{days}d{hours:02d}h"
 
 
 class CheckpointMarker(ApiModel):

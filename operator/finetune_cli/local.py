@@ -1,5 +1,6 @@
 """Local trainer processes for `finetune run`: start a trainer command on a contract file, report its
-failure with the end of its log, and draw training progress from the run's progress.json.
+failure with the end of its log, and draw training progress from the run's progress.json (first the
+trainer's expected time, then a bar). Also what this machine is, as the "auto" rule sees it (`device`).
 
 Stopping: each trainer command runs in a process group (and session) of its own, so a terminal's Ctrl-C
 reaches `finetune run` only, and `finetune run` decides what the trainer gets. Inside `stopping_on_signals()`,
@@ -23,7 +24,8 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from finetune_api.run_layout import ProgressReport
+from finetune_api.device import Device
+from finetune_api.run_layout import ProgressReport, duration
 from finetune_api.trainer_config import RunContract
 
 POLL_SECONDS = 2.0
@@ -152,6 +154,31 @@ def finish(process: subprocess.Popen[bytes], what: str, log: Path) -> int:
     return code
 
 
+def device() -> Device:
+    """This machine as `finetune run` trains on it, for the "auto" rule: one trainer process, so one
+    device: the first CUDA GPU torch sees (its memory and name), else the CPU (also when torch is not
+    installed here: the trainer commands would fail on their own)."""
+    try:
+        import torch  # noqa: PLC0415 - seconds to import; only `finetune run` needs it, once
+    except ImportError:
+        return Device.cpu()
+    if not torch.cuda.is_available():
+        return Device.cpu()
+    properties = torch.cuda.get_device_properties(0)
+    return Device.gpu(1, round(properties.total_memory / 2**30, 1), properties.name)
+
+
+def expected(report: ProgressReport) -> str | None:
+    """The trainer's estimate, announced once before the first step: None until progress.json has it."""
+    if report.expected_seconds is None:
+        return None
+    return (
+        f"expected: {report.total_steps - report.step} optimizer steps, about "
+        f"{duration(report.expected_seconds)} (the trainer's estimate before its first step; the eta below "
+        "follows the measured rate)"
+    )
+
+
 def bar(report: ProgressReport, started: float) -> str:
     width = 30
     done = int(width * report.step / report.total_steps)
@@ -170,13 +197,17 @@ def bar(report: ProgressReport, started: float) -> str:
 
 def watch(process: subprocess.Popen[bytes], progress: Path) -> None:
     """Draw the progress bar from `progress` while training runs (one line per update off a TTY)."""
-    started, shown = time.monotonic(), ""
+    started, shown, announced = time.monotonic(), "", False
     tty = sys.stdout.isatty()
     while wait(process, POLL_SECONDS) is None:
         try:
             report = ProgressReport.model_validate_json(progress.read_bytes())
         except (OSError, ValidationError):
             continue
+        estimate = None if announced else expected(report)
+        if estimate is not None:
+            print(("\n" if tty and shown else "") + estimate, flush=True)
+            announced = True
         line = bar(report, started)
         if tty:
             print("\r" + line, end="", flush=True)

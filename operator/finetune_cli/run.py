@@ -5,8 +5,10 @@ first: the same phases in the same order, each the same trainer command the oper
 same contracts, with local processes in place of Jobs and a local folder in place of S3. The manifest is
 checked as the API server would check it, then:
 
-    validate   `validate-data`: the data gates; "auto" hyperparameters resolved from the row count
-    train      `train`, with the holdout scored before and after (`score-holdout`) when there is one
+    validate   `validate-data`: the data gates; "auto" hyperparameters resolved from the validated rows
+               for this machine (`local.device`), printed with the optimizer steps they mean
+    train      `train`, with the holdout scored before and after (`score-holdout`) when there is one;
+               the trainer's expected time is printed before its first step, then a progress bar
     evaluate   with an `evalGateRef` (the EvalGate must be in the same file): `evaluate` on the plan's
                candidate checkpoint, and the plan's verdict, exactly as the operator decides it
     approve    a gate that requires approval needs `--approve NAME`; no API server vouches for a local
@@ -40,6 +42,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from finetune_api.device import Device
 from finetune_api.errors import PermanentError
 from finetune_api.gate import EvalReport, failing
 from finetune_api.plan import RunPlan, candidate
@@ -135,6 +138,7 @@ class LocalRun:
     staging: Path
     scratch: Path
     log: Path
+    device: Device  # what "auto" hyperparameters are resolved for: this machine
 
     def trainer(self, command: str, contract: RunContract, *extra: str, what: str | None = None) -> int:
         """Run a trainer command on `contract` to the end; its exit code."""
@@ -167,10 +171,11 @@ def main(
     if fresh:
         shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True, exist_ok=True)
-    run = LocalRun(plan, staging, staging.parent / f".{staging.name}.scratch", staging / "trainer.log")
+    scratch, log = staging.parent / f".{staging.name}.scratch", staging / "trainer.log"
+    run = LocalRun(plan, staging, scratch, log, local.device())
     started = time.monotonic()
     print(f"{job.metadata.name}: {job.spec.method} ({job.spec.adapter.type}) of {job.spec.base_model.uri}")
-    print(f"run {plan.run_id}, staging {staging}, log {run.log}")
+    print(f"run {plan.run_id}, staging {staging}, log {run.log}, on {run.device}")
     try:
         with local.stopping_on_signals():
             contract = _validate(run)
@@ -190,7 +195,9 @@ def main(
 
 
 def _validate(run: LocalRun) -> TrainContract | None:
-    """The data gates; the training contract with "auto" resolved from the row count, or None."""
+    """The data gates; the training contract with "auto" resolved from the validated rows for this machine
+    (the plan line names the optimizer steps; the trainer's expected time follows when it has loaded the
+    model), or None."""
     plan = run.plan
     report_file = Path(plan.layout.data_report)
     if run.trainer("validate-data", plan.validate_contract()) != 0:
@@ -201,10 +208,8 @@ def _validate(run: LocalRun) -> TrainContract | None:
         return None
     report = DataValidationReport.model_validate_json(report_file.read_bytes())
     print(f"data gates passed: {report.rows}")
-    hp = plan.resolve(report.rows["training"])
-    print(
-        f"hyperparameters: {hp.epochs} epochs, batch size {hp.batch_size}, learning rate {hp.learning_rate:g}"
-    )
+    hp = plan.resolve(report.rows["training"], report.tokens, run.device)
+    print(f"plan: {hp.summary()}")
     return plan.train_contract(hp)
 
 

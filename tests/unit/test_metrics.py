@@ -246,3 +246,46 @@ def test_the_trainers_gauges_carry_the_run_and_time_a_run_from_its_start() -> No
     assert math.isnan(value("finetune_trainer_loss", run))
     assert value("finetune_trainer_mfu", run) is None
     assert value("finetune_trainer_accelerator_memory_total_bytes", run) is None
+
+
+def test_the_expected_time_is_written_before_the_first_step_and_scaled_on_resume() -> None:
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from finetune_api.run_layout import ProgressReport  # noqa: PLC0415
+    from finetune_trainer.progress import ProgressReporter  # noqa: PLC0415
+
+    for done, left in ((0, 600.0), (30, 400.0)):  # a run resumed at step 30 of 90 has 2/3 left
+        store = NoStore()
+        reporter = ProgressReporter(store, "s3://b/progress.json", seq_len=128)  # type: ignore[arg-type]
+        reporter.expected_seconds = 600.0
+        state = SimpleNamespace(global_step=done, max_steps=90, num_input_tokens_seen=0, epoch=0.0,
+                                is_world_process_zero=True)  # fmt: skip
+        reporter.on_train_begin(SimpleNamespace(bf16=False, fp16=False), state, None, model=None)
+        report = ProgressReport.model_validate_json(store.last[1])
+        assert (report.step, report.total_steps, report.expected_seconds) == (done, 90, left)
+        assert reporter.metrics.eta_seconds._value.get() == left
+
+
+def test_expected_time_from_the_documented_rate_per_device() -> None:
+    # 1e9 FLOPs a token, 80,000 tokens on 2 CPU threads at 40 GFLOP/s each: 1,000 s
+    seconds, how = flops.expected_time(80_000, 1e9, gpu_name=None, devices=1, threads=2, qlora=False) or (
+        0,
+        "",
+    )
+    assert seconds == pytest.approx(1_000)
+    assert how == "2 CPU threads x 40 GFLOP/s"
+    # 8 H100s at 25% of 989 TFLOP/s; QLoRA at 20%
+    h100 = flops.expected_time(
+        10**9, 6e9, gpu_name="NVIDIA H100 80GB HBM3", devices=8, threads=1, qlora=False
+    )
+    assert h100 is not None
+    assert h100[0] == pytest.approx(6e18 / (8 * 0.25 * 989e12))
+    qlora = flops.expected_time(
+        10**9, 6e9, gpu_name="NVIDIA H100 80GB HBM3", devices=8, threads=1, qlora=True
+    )
+    assert qlora is not None
+    assert qlora[0] == pytest.approx(h100[0] * 0.25 / 0.2)
+    assert (
+        flops.expected_time(1, 1.0, gpu_name="Some New Accelerator", devices=1, threads=1, qlora=False)
+        is None
+    )

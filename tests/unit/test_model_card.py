@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from finetune_api.gate import EvalReport, SuiteOutcome, decide
-from finetune_api.hyperparameters import resolve
 from finetune_api.plan import RunPlan
 from finetune_api.trainer_config import TrainContract
 from finetune_api.v1alpha1 import FineTuneJob
@@ -34,10 +33,8 @@ def config() -> TrainContract:
     doc["metadata"] |= {"uid": "uid-123"}
     doc["spec"]["baseModel"]["digest"] = BASE_DIGEST
     job = FineTuneJob.model_validate(doc)
-    resolved = resolve(
-        job.spec.hyperparameters, rows=1_000, method=job.spec.method, adapter=job.spec.adapter.type
-    )
-    return RunPlan.of(job, run="support-assistant-sft-1").train_contract(resolved)
+    plan = RunPlan.of(job, run="support-assistant-sft-1")
+    return plan.train_contract(plan.resolve(1_000))
 
 
 def gate_spec() -> EvalGateSpec:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from finetune_api.base import TokenLengths
 from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport
 from finetune_api.v1alpha1 import FineTuneJob
 from finetune_operator.observed import Reference
@@ -193,6 +194,34 @@ def test_passing_validation_resolves_auto_and_starts_attempt_one() -> None:
     assert decision.events[0].message.startswith("data gates passed (1000 training rows")
 
 
+def test_auto_is_resolved_for_the_pods_device_and_attempt_one_names_the_steps() -> None:
+    measured = PASSED.model_copy(update={"tokens": TokenLengths(mean=92, max=101)})
+    job = ftj()
+    decision = reconcile(
+        observe(
+            job, validation=JobObservation("v", outcome="Complete"), storage=StorageObservation(measured)
+        ),
+        SETTINGS,
+    )
+    assert decision.status.data_report.tokens == TokenLengths(mean=92, max=101)
+    contract = json.loads(created(decision, "ConfigMap")[0]["data"]["trainer.json"])
+    hp = contract["hyperparameters"]
+    # 1,000 packed rows of ~92 tokens: 45 windows of 2,048; an H100 holds 2, 100 steps want a batch of 1
+    assert (hp["batchSize"], hp["gradientAccumulationSteps"]) == (1, 1)
+    message = {c.type: c.message for c in decision.status.conditions}["Trained"]
+    assert message == (
+        "attempt 1 started: job support-assistant-sft-train-1; 135 optimizer steps of 1 sequence: 1 per "
+        "device x 1 accumulation x 1 GPU (NVIDIA-H100-80GB-HBM3, 80 GiB each) expected"
+    )
+    # the next reconcile reads the lengths back from status: the same contract, nothing to apply
+    again = training(
+        job.model_copy(update={"status": decision.status}),
+        JobObservation("support-assistant-sft-train-1", attempt=1, suspended=True),
+        config_data=created(decision, "ConfigMap")[0]["data"]["trainer.json"],
+    )
+    assert again.create == again.apply == []
+
+
 def test_training_pod_spec() -> None:
     job = validated(ftj(patch={"spec": {"runPolicy": {"maxRuntime": "6h"}}}))
     decision = reconcile(observe(job, validation=JobObservation("v", outcome="Complete")), SETTINGS)
@@ -286,6 +315,21 @@ def test_progress_reaches_status_with_eta() -> None:
     assert progress.eta == NOW + timedelta(minutes=30)
     assert progress.remaining == "30m"
     assert decision.requeue_after <= 30
+
+
+def test_before_the_first_step_the_eta_is_the_trainers_estimate() -> None:
+    job = validated(ftj())
+    job.status.start_time = NOW - timedelta(minutes=1)
+    report = ProgressReport(step=0, total_steps=135, expected_seconds=720.0, updated_at=NOW)
+    decision = training(
+        job, JobObservation("j", attempt=1, active=1), storage=StorageObservation(progress=report)
+    )
+    progress = decision.status.progress
+    assert (progress.summary, progress.remaining, progress.eta) == (
+        "0/135 (0%)",
+        "12m",
+        NOW + timedelta(minutes=12),
+    )
 
 
 @pytest.mark.parametrize(

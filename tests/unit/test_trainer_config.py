@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from finetune_api.hyperparameters import resolve
 from finetune_api.plan import RunPlan
 from finetune_api.trainer_config import TrainContract
 from finetune_api.v1alpha1 import FineTuneJob
@@ -13,10 +12,8 @@ from helpers.support import example
 
 def build(name: str, rows: int = 1_000) -> TrainContract:
     job = FineTuneJob.model_validate(example(name) | {"metadata": example(name)["metadata"] | {"uid": "u-1"}})
-    resolved = resolve(
-        job.spec.hyperparameters, rows=rows, method=job.spec.method, adapter=job.spec.adapter.type
-    )
-    return RunPlan.of(job, run="support-assistant-sft-1").train_contract(resolved)
+    plan = RunPlan.of(job, run="support-assistant-sft-1")
+    return plan.train_contract(plan.resolve(rows))  # for the device the pods request
 
 
 def test_contract_is_concrete_and_round_trips() -> None:
@@ -28,8 +25,8 @@ def test_contract_is_concrete_and_round_trips() -> None:
     assert data["contractVersion"] == 1
     assert data["hyperparameters"] == {
         "epochs": 3,
-        "batchSize": 2,
-        "learningRate": 2e-4,
+        "batchSize": 2,  # 1,000 packed rows of unmeasured length: 2 windows of 2,048 tokens on an H100
+        "learningRate": 1e-4,  # LoRA's 2e-4 at a batch of 8, x sqrt(2 / 8)
         "maxSeqLength": 2048,
         "packing": True,
         "warmupRatio": 0.03,

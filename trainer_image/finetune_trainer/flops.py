@@ -16,6 +16,20 @@ never recomputation (activation checkpointing is not counted either).
 The peak comes from the device name (below), or from `FINETUNE_PEAK_FLOPS` (FLOP/s of one device) for an
 accelerator not listed. MFU is absent on CPU, in fp32 training, and on an unknown accelerator: a number
 computed against a guessed peak would mislead.
+
+Expected time (`expected_time`, printed and written to progress.json before the first step): the run's
+tokens x the FLOPs per token above, at a documented sustained rate per device, not a measurement of this
+run (the progress ETA switches to the measured rate once steps are done):
+
+    GPU  its peak x `GPU_EXPECTED_MFU` (0.25; QLoRA 0.2) x devices. bench/README measured, on one H200,
+         212-309 TFLOP/s (0.21-0.31 of the peak) for bf16 LoRA of 1.1B-7.2B models at 8 x 1,024 and
+         4 x 1,024 tokens, and QLoRA at 0.79x of that.
+    CPU  `CPU_FLOPS_PER_THREAD` (40 GFLOP/s, float32) x torch's threads: SmolLM2-135M LoRA SFT, 8 rows of
+         about 92 tokens a step, trained 69 tokens per CPU-second on this project's 2-core machine
+         (bench/sft_throughput.py, unpacked). A machine shared with other work gives fewer CPU-seconds
+         per second than it has cores, and takes longer.
+
+RFT's time is mostly generation, which this does not model: its estimate is a lower bound.
 """
 
 from __future__ import annotations
@@ -24,6 +38,9 @@ import os
 from typing import Any
 
 PEAK_FLOPS_ENV = "FINETUNE_PEAK_FLOPS"
+GPU_EXPECTED_MFU = 0.25
+QLORA_EXPECTED_MFU = 0.2
+CPU_FLOPS_PER_THREAD = 40e9
 
 # Dense (not sparse) bf16/fp16 tensor-core peaks from the vendors' data sheets, FLOP/s, most specific first.
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -75,3 +92,22 @@ def parameter_counts(model: Any) -> tuple[int, int]:
 
 def mfu(per_token: float, tokens_per_second: float, peak: float, devices: int) -> float:
     return per_token * tokens_per_second / (peak * max(1, devices))
+
+
+def expected_time(
+    tokens: int, per_token: float, *, gpu_name: str | None, devices: int, threads: int, qlora: bool
+) -> tuple[float, str] | None:
+    """(seconds, how: the rate assumed) for training on `tokens` tokens at `per_token` FLOPs each, on
+    `devices` GPUs named `gpu_name`, or on a CPU with `threads` threads when `gpu_name` is None. None for a
+    GPU whose peak is unknown (set FINETUNE_PEAK_FLOPS)."""
+    if gpu_name is None:
+        rate = CPU_FLOPS_PER_THREAD * max(1, threads)
+        how = f"{max(1, threads)} CPU threads x {CPU_FLOPS_PER_THREAD / 1e9:g} GFLOP/s"
+    else:
+        peak = peak_flops(gpu_name)
+        if peak is None:
+            return None
+        mfu_ = QLORA_EXPECTED_MFU if qlora else GPU_EXPECTED_MFU
+        rate = peak * mfu_ * max(1, devices)
+        how = f"{max(1, devices)} x {gpu_name} at {mfu_:.0%} of its {peak / 1e12:g} TFLOP/s peak"
+    return tokens * per_token / rate, how

@@ -96,6 +96,7 @@ class ProgressReporter(TrainerCallback):
         self.window: tuple[float, int] | None = None  # (time, tokens seen) at the last rate sample
         self.started = 0.0
         self.first_step = 0
+        self.expected_seconds: float | None = None  # the whole run's, estimated before it starts
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
         self.started = time.monotonic()
@@ -104,6 +105,12 @@ class ProgressReporter(TrainerCallback):
         self.metrics.last_step.set(time.time())  # a run that hangs before its first step stalls from here
         self.metrics.step.set(state.global_step)
         self.metrics.total_steps.set(max(1, state.max_steps or 1))
+        if self.expected_seconds is not None:  # what is left of it, for a resumed run
+            left = max(0, (state.max_steps or 0) - state.global_step) / max(1, state.max_steps or 1)
+            self.report["expected_seconds"] = round(self.expected_seconds * left, 1)
+            self.metrics.eta_seconds.set(self.report["expected_seconds"])
+            self._maybe_write(state, force=True)
+            del self.report["expected_seconds"]  # the first report's alone: later ones have a measured rate
         self.device = device = _accelerator()
         if device is None:
             return

@@ -8,8 +8,9 @@ Sequence (each step fails with a message that says what to change, exit 1):
 2. resolve the base model (`models.materialize`), pick the method module, add the callbacks: early stopping,
    progress (`progress.json` + Prometheus), staging checkpoints (marker last), save at the last step;
 3. resume from the newest complete checkpoint under the staging prefix (same run id = same prefix);
-4. train; exit 0 only when the run is complete (its last step, or an early stop, saved as a checkpoint);
-   on SIGTERM or SIGINT, save at the end of the step and exit 128 + signal (`stopping`).
+4. print the expected optimizer steps, tokens and time (`expectation`; also in progress.json before the
+   first step), then train; exit 0 only when the run is complete (its last step, or an early stop, saved
+   as a checkpoint); on SIGTERM or SIGINT, save at the end of the step and exit 128 + signal (`stopping`).
 
 Single process on CPU, or under torchrun (WORLD_SIZE/RANK/LOCAL_RANK from the environment) on GPUs
 (`finetune_trainer.ranks`): the process group is joined first; the pod's scratch (base model, restored
@@ -27,9 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from finetune_api.run_layout import duration
 from finetune_api.trainer_config import TrainContract
-from finetune_api.v1alpha1.finetunejob import EARLY_STOPPING_MIN_TRAINING
-from finetune_trainer import ranks, validate
+from finetune_api.v1alpha1.finetunejob import EARLY_STOPPING_MIN_TRAINING, AdapterType
+from finetune_trainer import flops, ranks, validate
 from finetune_trainer.checkpoints import SaveAtEnd, StagingCheckpoints, latest_complete, restore
 from finetune_trainer.data import gates
 from finetune_trainer.early_stopping import StopWhenFlat, held_out
@@ -112,6 +114,37 @@ def prepare(config: TrainContract, store: Store, scratch: Path) -> tuple[Run, di
     return run, provenance
 
 
+def expectation(run: Run, model: Any) -> tuple[str, float | None]:
+    """Before the first step: the log line with the expected optimizer steps, tokens and time, and the
+    expected seconds for progress.json (None where there is no estimate). The time is the documented
+    throughput estimate of `flops.expected_time`, not a measurement; the progress ETA then follows the
+    measured rate."""
+    import torch  # noqa: PLC0415
+
+    hp, work = run.hp, run.workload()
+    tokens = hp.epochs * work.sequences * work.tokens
+    devices = f"{run.world_size} {'GPU' if run.gpu else 'CPU'} rank{'s' if run.world_size > 1 else ''}"
+    line = (
+        f"expected: {run.expected_steps(work.sequences)} optimizer steps ({run.per_device_batch()} per device"
+        f" x {hp.gradient_accumulation_steps} accumulation x {devices}), about {tokens:,} tokens"
+    )
+    total, trainable = flops.parameter_counts(model)
+    per_token = flops.flops_per_token(model.config, total, trainable, min(hp.max_seq_length, work.tokens))
+    timed = flops.expected_time(
+        tokens,
+        per_token,
+        gpu_name=torch.cuda.get_device_name(torch.cuda.current_device()) if run.gpu else None,
+        devices=run.world_size,
+        threads=torch.get_num_threads(),
+        qlora=run.config.adapter.type == AdapterType.QLORA,
+    )
+    if timed is None:
+        return f"{line}; no time estimate for this GPU (set {flops.PEAK_FLOPS_ENV})", None
+    seconds, how = timed
+    per = f"{per_token / 1e6:,.0f}M" if per_token >= 1e6 else f"{per_token:,.0f}"
+    return f"{line}; about {duration(seconds)} ({per} FLOPs a token, {how})", seconds
+
+
 def main(config: TrainContract, workdir_path: Path | None = None) -> int:
     stop = StopOnSignal()  # SIGTERM/SIGINT: save at the end of the step and exit 128 + signal
     store = Store.for_target(config.storage)
@@ -133,11 +166,12 @@ def main(config: TrainContract, workdir_path: Path | None = None) -> int:
         keep = config.checkpointing.keep_last
         early = config.early_stopping
         flat = StopWhenFlat(early, early.watched(config.method)) if run.watching() else None
+        reporter = ProgressReporter(
+            store, staging.progress, metrics, config.hyperparameters.max_seq_length, early_stop=flat
+        )
         run.callbacks += [
             *([flat] if flat is not None else []),  # before the two below: they report its reason
-            ProgressReporter(
-                store, staging.progress, metrics, config.hyperparameters.max_seq_length, early_stop=flat
-            ),
+            reporter,
             StagingCheckpoints(store, staging, keep_last=keep, provenance=provenance, early_stop=flat),
             SaveAtEnd(),
             stop,
@@ -149,6 +183,8 @@ def main(config: TrainContract, workdir_path: Path | None = None) -> int:
             f"{trainer.args.num_train_epochs} epochs, {where}",
             flush=True,
         )
+        line, reporter.expected_seconds = expectation(run, trainer.model)
+        print(line, flush=True)
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     except (TrainError, ModelError, StorageError, ranks.RankError, ValueError) as err:
         print(f"train failed: {err}", file=sys.stderr)

@@ -94,7 +94,7 @@ class Adapter(ApiModel):
 
 
 class Hyperparameters(ApiModel):
-    """`"auto"` values are resolved from the validated dataset size (see `finetune_api.hyperparameters`)."""
+    """`"auto"` values are resolved from the validated rows and the device (finetune_api.hyperparameters)."""
 
     epochs: Annotated[StrictInt | Literal["auto"], AutoNumber("integer", 1, 100)] = "auto"
     batch_size: Annotated[StrictInt | Literal["auto"], AutoNumber("integer", 1, 4096)] = "auto"
@@ -107,7 +107,9 @@ class Hyperparameters(ApiModel):
     max_seq_length: Annotated[int, Field(ge=16, le=262144)] = 2048
     packing: bool = False
     warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
-    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
+    gradient_accumulation_steps: Annotated[StrictInt | Literal["auto"], AutoNumber("integer", 1, 1024)] = (
+        Field(default="auto", description="Micro-batches per optimizer step; auto: what fits the device.")
+    )
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
 

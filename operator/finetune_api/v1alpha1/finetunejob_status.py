@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from finetune_api.base import GROUP, ApiModel, Name, ShortText, Text, Uri
+from finetune_api.base import GROUP, ApiModel, Name, ShortText, Text, TokenLengths, Uri
 from finetune_api.v1alpha1.conditions import Condition, Phase, Verdict
 
 
@@ -26,7 +26,8 @@ class Progress(ApiModel):
     eta: datetime | None = None
     remaining: ShortText | None = Field(
         default=None,
-        description='Time left at the rate so far, as of updatedAt ("12m", "1h05m"), for kubectl get.',
+        description='Time left at the rate so far, as of updatedAt ("12m", "1h05m"), for kubectl get; '
+        "before the first step, the trainer's estimate.",
     )
     stopped_early: Text | None = Field(
         default=None, description="Why training ended before its last step (earlyStopping), when it did."
@@ -41,6 +42,9 @@ class DataReport(ApiModel):
     pii_findings: dict[str, int] = Field(default_factory=dict, description="Findings per PII kind.")
     dropped: dict[str, int] = Field(default_factory=dict, description="Rows dropped per reason.")
     failed_rules: Annotated[list[Text], Field(max_length=32)] = Field(default_factory=list)
+    tokens: TokenLengths | None = Field(
+        default=None, description='Estimated tokens of one training row: what "auto" sizes batches by.'
+    )
     report_uri: Uri | None = None
 
 

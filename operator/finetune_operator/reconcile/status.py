@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from finetune_api.plan import candidate
-from finetune_api.run_layout import CheckpointMarker, DataValidationReport, ProgressReport, StagingLayout
+from finetune_api.run_layout import (
+    CheckpointMarker,
+    DataValidationReport,
+    ProgressReport,
+    StagingLayout,
+    duration,
+)
 from finetune_api.v1alpha1 import Condition, ConditionType, Reason
 from finetune_api.v1alpha1.conditions import ConditionStatus
 from finetune_api.v1alpha1.finetunejob import MAX_CHECKPOINTS, CheckpointRecord, DataReport, Progress
@@ -47,12 +53,14 @@ def data_report(report: DataValidationReport, uri: str) -> DataReport:
         pii_findings=report.pii_findings,
         dropped=report.dropped,
         failed_rules=report.failed_rules,
+        tokens=report.tokens,
         report_uri=uri,
     )
 
 
 def progress(report: ProgressReport, started: datetime | None) -> Progress:
-    """Progress as `kubectl get ftj` shows it; the ETA extrapolates the rate since training started.
+    """Progress as `kubectl get ftj` shows it; the ETA extrapolates the rate since training started, and
+    before the first step it is the trainer's estimate (`expectedSeconds`).
 
     The time left is written as of the trainer's report (`updatedAt`), not as of this reconcile, so the
     status changes only when the trainer reports again (a date column would show a future ETA as
@@ -64,7 +72,10 @@ def progress(report: ProgressReport, started: datetime | None) -> Progress:
         elapsed = (report.updated_at - started).total_seconds()
         if elapsed > 0:
             left = timedelta(seconds=elapsed / step * (total - step))
-            eta = report.updated_at + left
+    elif step == 0 and report.expected_seconds is not None:
+        left = timedelta(seconds=report.expected_seconds)
+    if left is not None:
+        eta = report.updated_at + left
     return Progress(
         step=step,
         total_steps=total,
@@ -82,15 +93,8 @@ def progress(report: ProgressReport, started: datetime | None) -> Progress:
 
 
 def remaining(left: timedelta) -> str:
-    """A duration as kubectl prints ages, to the minute: "<1m", "12m", "1h05m", "2d03h"."""
-    minutes = int(left.total_seconds() // 60)
-    if minutes < 1:
-        return "<1m"
-    hours, minutes = divmod(minutes, 60)
-    if hours == 0:
-        return f"{minutes}m"
-    days, hours = divmod(hours, 24)
-    return f"{hours}h{minutes:02d}m" if days == 0 else f"{days}d{hours:02d}h"
+    """A duration as kubectl prints ages, to the minute (`run_layout.duration`)."""
+    return duration(left.total_seconds())
 
 
 def checkpoint_records(

@@ -1,6 +1,8 @@
 """Training: the trainer ConfigMap, then one Job per attempt, until a complete checkpoint is recorded.
 
-"auto" hyperparameters resolved by the run plan from the validated row count -> the ConfigMap
+"auto" hyperparameters resolved by the run plan from the validated rows (count and estimated tokens, from
+status.dataReport) for the device the pods request -> the ConfigMap; attempt 1's message names the
+expected optimizer steps
 attempt N Job (+ headless Service for multi-node)
     failed -> attempt N+1 resumes from the newest complete checkpoint, up to runPolicy.retryLimit
     suspend -> Job suspended (pods stop, checkpoints stay), or none started; unsuspend resumes the same Job
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from finetune_api.hyperparameters import Resolved
 from finetune_api.v1alpha1 import ConditionType, Phase, Reason
 from finetune_api.v1alpha1.finetunejob import CheckpointRecord
 from finetune_operator.builders.names import training_job_name
@@ -27,7 +30,9 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"  # the reason of a Job stopped by its act
 def phase(step: Step, rows: int) -> Trained | None:
     """What training produced once it is complete; None while it runs, is suspended, or after it failed."""
     job, observed, status = step.job, step.observed, step.decision.status
-    contract = step.plan.train_contract(step.plan.resolve(rows))
+    lengths = status.data_report.tokens if status.data_report is not None else None
+    resolved = step.plan.resolve(rows, lengths)  # for the device the training pods request
+    contract = step.plan.train_contract(resolved)
     wanted = config_map(job, contract)
     if observed.config_data is None:
         step.decision.create.append(wanted)
@@ -39,7 +44,7 @@ def phase(step: Step, rows: int) -> Trained | None:
     attempts = sorted((j for j in observed.training if j.attempt is not None), key=lambda j: j.attempt or 0)
     if not attempts:
         if not step.suspended(None, f"training (job {training_job_name(job.metadata.name, 1)})"):
-            _start_attempt(step, 1)
+            _start_attempt(step, 1, planned=_planned(resolved))
         return None
     current = attempts[-1]
     status.attempts = max(status.attempts, current.attempt or 1)
@@ -61,7 +66,21 @@ def phase(step: Step, rows: int) -> Trained | None:
     return None
 
 
-def _start_attempt(step: Step, attempt: int) -> None:
+def _planned(resolved: Resolved) -> str:
+    """What attempt 1's message says of the plan: the expected optimizer steps and batch (the time follows
+    in `status.progress.remaining` once the trainer has loaded the model and estimated it)."""
+    if resolved.steps is None:
+        return ""
+    per_step = f"{resolved.batch_size} sequence{'s' if resolved.batch_size > 1 else ''}"
+    if resolved.micro_batch is not None and resolved.device is not None:
+        per_step += (
+            f": {resolved.micro_batch} per device x {resolved.gradient_accumulation_steps} accumulation x "
+            f"{resolved.device}"
+        )
+    return f"; {resolved.steps} optimizer steps of {per_step} expected"
+
+
+def _start_attempt(step: Step, attempt: int, planned: str = "") -> None:
     job, status = step.job, step.decision.status
     deadline = step.deadline  # unknown until a pod started: then only the operator enforces maxRuntime
     remaining = None if deadline is None else int((deadline - step.now).total_seconds())
@@ -72,7 +91,7 @@ def _start_attempt(step: Step, attempt: int) -> None:
     status.phase = Phase.PENDING if job.spec.resources.queue_name else Phase.TRAINING
     name = training_job_name(job.metadata.name, attempt)
     if attempt == 1:
-        message = f"attempt 1 started: job {name}"
+        message = f"attempt 1 started: job {name}{planned}"
     else:
         message = f"attempt {attempt} started: job {name} resumes from step {_latest_step(step)}"
     step.condition(ConditionType.TRAINED, "Unknown", Reason.TRAINING_RUNNING, message)

@@ -11,6 +11,9 @@
   adversarial share held within bounds.
 - minimum rows, and malformed rows (any fails the data, with the first of them listed).
 
+The report also carries the training rows' estimated tokens (mean and longest, after drops and
+redaction): what the `"auto"` rule sizes micro-batches by (`finetune_api.hyperparameters`).
+
 Pure: rows in, a report and the rows to train on out. Reading files is `validate.py`'s job.
 """
 
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_api.hyperparameters import token_lengths
 from finetune_api.run_layout import DataValidationReport
 from finetune_api.v1alpha1.common import DatasetFormat
 from finetune_api.v1alpha1.finetunejob import DataGates, PreferenceGates
@@ -71,6 +75,7 @@ def run(splits: dict[str, Dataset], gates: DataGates) -> Outcome:
         leakage_rate=round(leakage_rate, 6),
         pii_findings=dict(findings),
         dropped=dict(found.dropped),
+        tokens=token_lengths(row.text for row in kept["training"]),
         failed_rules=found.failed[:32],
         problems=problems[:50],
         examples=found.examples,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_api.hyperparameters import Workload, token_lengths, workload
 from finetune_api.trainer_config import ResolvedHyperparameters, TrainContract
 from finetune_trainer.data.rows import Row
 from finetune_trainer.early_stopping import LOGGED
@@ -63,6 +64,24 @@ class Run:
             return per_epoch
         total = per_epoch * self.hp.epochs
         return min(per_epoch, max(1, math.ceil(total / self.config.early_stopping.evaluations)))
+
+    def workload(self) -> Workload:
+        """The sequences of one epoch and their estimated tokens, by the rule that sized the batch
+        (`finetune_api.hyperparameters.workload`), measured on the rows this run trains on."""
+        lengths = token_lengths(row.text for row in self.train_rows)
+        return workload(
+            len(self.train_rows),
+            lengths,
+            method=self.config.method,
+            max_seq_length=self.hp.max_seq_length,
+            packing=self.hp.packing,
+            rft=self.config.rft,
+        )
+
+    def expected_steps(self, sequences: int) -> int:
+        """Optimizer steps for `sequences` a epoch: the trainer's count, every epoch ending in a step."""
+        per_step = self.per_device_batch() * self.world_size * int(self.hp.gradient_accumulation_steps)
+        return self.hp.epochs * max(1, math.ceil(sequences / per_step))
 
     def common_args(self) -> dict[str, Any]:
         """TrainingArguments every method shares: schedule, precision, checkpoint and eval cadence."""
