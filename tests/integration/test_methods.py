@@ -4,6 +4,7 @@ moves the model the way its method promises (DPO widens the preference margin, R
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,41 @@ def test_dpo_full_fine_tuning_against_a_given_reference(tiny: Path, tmp_path: Pa
     base = load_file(tiny / "model.safetensors")
     trained = load_file(final_checkpoint(staging) / "model.safetensors")
     assert sum(not torch.equal(base[name], trained[name]) for name in base) > len(base) // 2
+
+
+def test_dpo_resumed_from_a_checkpoint_ends_with_the_weights_of_an_unbroken_run(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """Full fine-tuning without a reference model: the reference is the base as loaded, scored once when
+    the trainer is built. A run resumed from its step-4 checkpoint scores it from the base again, not from
+    the restored weights, and ends where the run that never stopped ended."""
+    staging = tmp_path / "staging"
+    config = contract(
+        tmp_path,
+        tiny,
+        f"{staging}/",
+        method="dpo",
+        fmt="preference",
+        adapter="full",
+        validation=False,
+        train_rows=preference_rows(16, seed=5),
+        epochs=2,
+        save_steps=4,
+        learning_rate=1e-3,
+    )
+    run_to_end(config, tmp_path / "work")
+    last = staging / "checkpoints" / "step-000000008"
+    unbroken = load_file(last / "model.safetensors")
+    shutil.rmtree(last)  # as if the run had stopped after step 4
+
+    output = run_to_end(config, tmp_path / "work2")
+    assert "resuming from step 4" in output
+    assert "training complete at step 8" in output
+    resumed = load_file(last / "model.safetensors")
+    base = load_file(tiny / "model.safetensors")
+    for name, weights in unbroken.items():
+        torch.testing.assert_close(resumed[name], weights, rtol=1e-4, atol=1e-6, msg=name)
+    assert sum(not torch.equal(base[name], unbroken[name]) for name in base) > len(base) // 2
 
 
 def rft_rows(count: int, seed: int) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from helpers.datagen import preference_rows
 from helpers.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from helpers.s3server import client as s3_client
 from helpers.trainrun import ENV, contract, run_to_end
@@ -89,6 +90,52 @@ def test_two_ranks_write_scratch_once_and_train_like_one_process(
 
 def logged_losses(state: Path) -> list[float]:
     return [e["loss"] for e in json.loads(state.read_text())["log_history"] if "loss" in e]
+
+
+def test_two_ranks_train_dpo_like_one_process(tiny: Path, tmp_path: Path) -> None:
+    """DPO scores every pair with the reference once, when the trainer is built: under torchrun each rank
+    scores its share of the batches and every rank gathers all the scores (none reads a file another rank
+    wrote), so two ranks train the adapter, and log the losses and the validation loss, of one process."""
+    checkpoints = {}
+    for name in ("single", "ranks"):
+        staging = tmp_path / name / "staging"
+        staging.mkdir(parents=True)
+        # 16 pairs, a global batch of 4: 4 steps; the reference scores them in 8 batches of 2, and the 4
+        # validation pairs in 2, each rank every other batch (rows that do not divide among the ranks make
+        # one rank repeat a row, in training and in evaluation alike, so neither would match one process)
+        config = contract(
+            tmp_path / name,
+            tiny,
+            f"{staging}/",
+            method="dpo",
+            fmt="preference",
+            train_rows=preference_rows(16, seed=3),
+            val_rows=preference_rows(4, seed=4),
+            epochs=1,
+            save_steps=4,
+            spec={"adapter": {"type": "lora", "dropout": 0}, "dpo": {"beta": 0.1}},
+        )
+        if name == "single":
+            output = run_to_end(config, tmp_path / name / "work", ONE_THREAD)
+        else:
+            output = torchrun(config, tmp_path / name / "work")
+        assert output.count("training complete at step 4") == (1 if name == "single" else 2), output
+        checkpoints[name] = staging / "checkpoints" / "step-000000004"
+
+    one, two = (load_file(checkpoints[n] / "adapter_model.safetensors") for n in ("single", "ranks"))
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], rtol=1e-4, atol=1e-6), key
+    for logged in ("loss", "eval_loss"):
+        values = {n: logged_values(c / "trainer_state.json", logged) for n, c in checkpoints.items()}
+        assert values["single"], values
+        assert torch.allclose(torch.tensor(values["single"]), torch.tensor(values["ranks"]), rtol=1e-4), (
+            values
+        )
+
+
+def logged_values(state: Path, key: str) -> list[float]:
+    return [e[key] for e in json.loads(state.read_text())["log_history"] if key in e]
 
 
 RANKS = """

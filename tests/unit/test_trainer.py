@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from finetune_trainer import attention, builtin, lm_head
 from finetune_trainer.builtin import order_json
 from finetune_trainer.data.rows import Row, read_jsonl
 from finetune_trainer.evaluation.task import evaluate
+from finetune_trainer.methods import Run, dpo
 from finetune_trainer.methods.sft import encode
 from finetune_trainer.models import ModelError, load_kwargs, materialize
 from finetune_trainer.storage import Store
@@ -176,3 +178,93 @@ def test_models_from_different_uris_are_downloaded_to_different_folders(tmp_path
     baseline = materialize(ModelSource(uri="s3://models/production/"), store, tmp_path)
     assert json.loads((base / "config.json").read_text()) == {"from": "s3://models/base/"}
     assert json.loads((baseline / "config.json").read_text()) == {"from": "s3://models/production/"}
+
+
+def perturbed_copy(model_dir: Path, directory: Path) -> Path:
+    """The model with noise on every weight, and its tokenizer: a reference that is not the base."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(directory)
+    return directory
+
+
+def dpo_trained(run: Run, monkeypatch: pytest.MonkeyPatch, *, per_step: bool) -> tuple[Any, list[int]]:
+    """The DPO trainer of `run`, trained; and the positions its LM head scored in each call while it was
+    built (the reference pass) and then while it trained. `per_step` is TRL without
+    `precompute_ref_log_probs`: the reference runs again in every step."""
+    calls: list[int] = []
+    kernel = utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):  # type: ignore[no-untyped-def]
+            calls.append(hidden.shape[0])
+            return kernel.apply(hidden, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(utils, "_ChunkedLogProbFunction", Spy)
+        patch.setattr(utils, "_use_triton", utils._use_triton)  # put back after the test
+        if per_step:
+            config = dpo.DPOConfig
+            patch.setattr(dpo, "DPOConfig", lambda **kw: config(**kw | {"precompute_ref_log_probs": False}))
+        torch.manual_seed(0)  # TRL makes the LoRA before the Trainer seeds
+        trainer = dpo.build(run)
+        built = len(calls)
+        trainer.train()
+    return trainer, [calls[:built], calls[built:]]  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_dpo_scores_the_reference_once_and_trains_as_with_a_reference_every_step(
+    adapter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference's log-probabilities of every training and validation pair are computed once, when
+    the trainer is built, through the LM head that projects only the response positions; training then
+    runs the policy alone, and its losses, rewards and evaluation are those of a reference run at every
+    step. LoRA: the base with the adapter disabled; full: a given reference model, not the base."""
+    corpus = [m["content"] for row in chat_rows(100) for m in row["messages"]]
+    model_dir = causal_lm(tmp_path / "model", corpus)
+    spec: dict[str, Any] = {"dpo": {"beta": 0.1}}
+    if adapter == "full":
+        spec["dpo"]["referenceModel"] = {"uri": str(perturbed_copy(model_dir, tmp_path / "reference"))}
+    config = TrainContract.model_validate_json(
+        contract(
+            tmp_path,
+            model_dir,
+            f"{tmp_path}/s/",
+            method="dpo",
+            fmt="preference",
+            adapter=adapter,
+            save_steps=3,
+            learning_rate=1e-3,
+            spec=spec,
+        ).read_text()
+    )
+    run = Run(
+        config,
+        model_dir,
+        tmp_path / "out",
+        holdout(preference_rows(12, seed=3)),
+        holdout(preference_rows(4, seed=4)),
+        gpu=False,
+    )
+    ours, (built, training) = dpo_trained(run, monkeypatch, per_step=False)
+    plain, (plain_built, plain_training) = dpo_trained(run, monkeypatch, per_step=True)
+
+    pairs = [*ours.train_dataset, *ours.eval_dataset]
+    assert sum(built) == sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
+    assert plain_built == []
+    assert len(training) * 2 == len(plain_training)  # per step: the policy, then the reference
+    assert ours.state.global_step == plain.state.global_step == 6  # 12 pairs / 4 x 2 epochs
+    logged = ("loss", "rewards/margins", "logps/rejected", "eval_loss", "eval_rewards/accuracies")
+    history, plain_history = ours.state.log_history, plain.state.log_history
+    assert len(history) == len(plain_history)
+    for entry, expected in zip(history, plain_history, strict=True):
+        for key in set(logged) & set(expected):
+            assert entry[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), (entry["step"], key)
+    if adapter == "full":  # the given reference is not the base: the first step is not log(2)
+        assert history[0]["loss"] != pytest.approx(math.log(2), abs=1e-3), history[0]
