@@ -151,6 +151,14 @@ class RftSettings(ApiModel):
     max_completion_tokens: Annotated[int, Field(ge=1, le=32768)] = 512
     kl_coefficient: Annotated[float, Field(ge=0.0, le=10.0)] = 0.04
     temperature: Annotated[float, Field(gt=0.0, le=2.0)] = 1.0
+    stop_strings: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)] = (
+        Field(
+            default_factory=list,
+            description="A completion ends with the token that completes one of these (kept in the text the "
+            "grader sees; no end-of-sequence token is added), else at the model's end-of-sequence token or "
+            "maxCompletionTokens.",
+        )
+    )
 
 
 class VisionSettings(ApiModel):
