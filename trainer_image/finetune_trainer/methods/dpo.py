@@ -28,6 +28,7 @@ scores its share of the batches and every rank gathers all of the scores.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -86,6 +87,7 @@ class ReferenceOnce(DPOTrainer):
         """The rows with each one's reference log-probabilities of its chosen and rejected responses, scored
         by TRL's `compute_ref_log_probs` (the adapter disabled, or the reference model) in batches shared out
         over the ranks; `gather_for_metrics` gives every rank all of them, in the rows' order."""
+        started = time.monotonic()
         loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -104,6 +106,9 @@ class ReferenceOnce(DPOTrainer):
         scored = dataset
         for column, values in zip(REFERENCE_COLUMNS, (chosen, rejected), strict=True):
             scored = scored.add_column(column, torch.cat(values).tolist())
+        if self.accelerator.is_main_process:
+            took = time.monotonic() - started
+            print(f"reference log-probabilities of {len(scored)} {name} pairs in {took:.1f} s", flush=True)
         return scored
 
 
