@@ -125,6 +125,7 @@ bench: env controlplane gateway prometheus
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/near_duplicates.py
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/sft_throughput.py
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/dpo_throughput.py
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/grpo_throughput.py
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python bench/eval_throughput.py
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE bash tests/gateway/netns.sh $(BIN)/python bench/rollout_latency.py
 
