@@ -29,7 +29,7 @@ def manifest(tiny: Path, data: Path) -> dict[str, object]:
             "baseModel": {"uri": str(tiny)},
             "datasets": {"training": {"uri": str(data)}},
             # far more steps than the test waits for: only the signal ends this run
-            "hyperparameters": {"epochs": 50, "batchSize": 4, "learningRate": 0.005, "maxSeqLength": 64},
+            "hyperparameters": {"epochs": 100, "batchSize": 1, "learningRate": 0.005, "maxSeqLength": 64},
             "checkpointing": {"saveSteps": 1000, "keepLast": 2},
             "storage": {"bucket": "finetune-staging"},
         },
