@@ -132,8 +132,11 @@ class RunPlan:
     ) -> Resolved:
         """Epochs, batch size, accumulation and learning rate for `rows` validated training rows of
         `lengths` estimated tokens, "auto" resolved for `device`: by default what the training pods
-        request (`Device.of_resources`); `finetune run` passes the machine it runs on."""
+        request (`Device.of_resources`); `finetune run` passes the machine it runs on. Without a
+        validation file, the rows early stopping holds out are not trained on and do not count."""
         spec = self.job.spec
+        if spec.datasets.validation is None:
+            rows -= spec.early_stopping.held_out_rows(rows)
         try:
             return resolve(
                 spec.hyperparameters,

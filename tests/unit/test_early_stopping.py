@@ -8,8 +8,12 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainerControl
 
+from finetune_api.device import Device
+from finetune_api.plan import RunPlan
+from finetune_api.v1alpha1 import FineTuneJob
 from finetune_api.v1alpha1.finetunejob import EarlyStopping, Method
 from finetune_trainer.early_stopping import StopWhenFlat, held_out
+from helpers.support import example
 
 
 def test_a_seeded_share_of_the_training_rows_is_held_out_within_its_bounds() -> None:
@@ -84,3 +88,15 @@ def test_a_resumed_run_counts_the_evaluations_before_the_restart() -> None:
 def test_the_held_out_share_is_bounded(share: float) -> None:
     with pytest.raises(ValueError, match=r"holdout_share|holdoutShare"):
         EarlyStopping(holdout_share=share)
+
+
+def test_the_plan_counts_only_the_rows_left_to_train_on() -> None:
+    """`finetune run` prints the plan before the trainer holds rows out: its steps must be the trainer's."""
+
+    manifest = example("quickstart-dpo.yaml")  # no validation file: 8 of its 96 rows are held out
+    assert "validation" not in manifest["spec"]["datasets"]
+    plan = RunPlan.of(FineTuneJob.model_validate(manifest))
+    assert plan.resolve(96, device=Device.cpu()).steps == 11  # 88 rows, batch 8, one epoch
+    manifest["spec"]["earlyStopping"] = {"enabled": False}
+    plan = RunPlan.of(FineTuneJob.model_validate(manifest))
+    assert plan.resolve(96, device=Device.cpu()).steps == 12

@@ -22,12 +22,7 @@ from typing import Any, TypeVar
 
 from transformers import TrainerCallback
 
-from finetune_api.v1alpha1.finetunejob import (
-    EARLY_STOPPING_MAX_ROWS,
-    EARLY_STOPPING_MIN_ROWS,
-    EARLY_STOPPING_MIN_TRAINING,
-    EarlyStopping,
-)
+from finetune_api.v1alpha1.finetunejob import EarlyStopping
 
 T = TypeVar("T")
 LOGGED = {
@@ -39,10 +34,9 @@ LOGGED = {
 def held_out(rows: Sequence[T], settings: EarlyStopping, seed: int) -> tuple[list[T], list[T]]:
     """(rows to train on, rows held out to watch), the held-out rows drawn with `seed`; nothing is held
     out with fewer than `EARLY_STOPPING_MIN_TRAINING` rows. The training rows keep their order."""
-    if len(rows) < EARLY_STOPPING_MIN_TRAINING:
+    count = settings.held_out_rows(len(rows))
+    if not count:
         return list(rows), []
-    count = round(settings.holdout_share * len(rows))
-    count = min(EARLY_STOPPING_MAX_ROWS, max(EARLY_STOPPING_MIN_ROWS, count))
     chosen = set(random.Random(seed).sample(range(len(rows)), count))
     return [r for i, r in enumerate(rows) if i not in chosen], [rows[i] for i in sorted(chosen)]
 

@@ -270,6 +270,13 @@ class EarlyStopping(ApiModel):
         "does not stop early.",
     )
 
+    def held_out_rows(self, training_rows: int) -> int:
+        """How many of `training_rows` are held out to watch when there is no validation file."""
+        if not self.enabled or training_rows < EARLY_STOPPING_MIN_TRAINING:
+            return 0
+        count = round(self.holdout_share * training_rows)
+        return min(EARLY_STOPPING_MAX_ROWS, max(EARLY_STOPPING_MIN_ROWS, count))
+
     def watched(self, method: Method) -> Literal["eval_loss", "grader_score"]:
         """The metric watched: the one set, else the method's."""
         return self.metric or ("grader_score" if method == Method.RFT else "eval_loss")
