@@ -174,7 +174,11 @@ def build(run: Run) -> GRPOTrainer:
         **common
         | {
             "per_device_train_batch_size": common["per_device_train_batch_size"] * generations,
-            "per_device_eval_batch_size": common["per_device_eval_batch_size"] * generations,
+            # evaluation samples as training does: a device's whole share of the batch at once (TRL
+            # samples the accumulated batch in one generation batch and splits only the loss pass)
+            "per_device_eval_batch_size": common["per_device_train_batch_size"]
+            * common["gradient_accumulation_steps"]
+            * generations,
         },
         num_generations=generations,
         max_completion_length=settings.max_completion_tokens,
