@@ -82,6 +82,22 @@ def test_each_row_stops_at_its_end_of_sequence_token(tiny: tuple[Any, Any]) -> N
     assert len(cut[0]) == 2
 
 
+def test_a_reply_ends_with_the_token_that_completes_a_stop_string(tiny: tuple[Any, Any]) -> None:
+    """An RFT job's holdout replies end where its training samples do: at `rft.stopStrings`."""
+    model, tok = tiny
+    tokens = [one_at_a_time(model, tok, p, 8) for p in PROMPTS]
+    stop = next(text for t in tokens if (text := tok.decode(t[2:3]).strip()))
+    settings = Generation(max_new_tokens=8, batch_size=4)
+    replies = generation.generate(model, tok, PROMPTS, settings, stop_strings=[stop])
+
+    def cut(reply: list[int]) -> list[int]:
+        end = next((k for k in range(1, len(reply) + 1) if stop in tok.decode(reply[:k])), len(reply))
+        return reply[:end]
+
+    assert replies == [tok.decode(cut(t), skip_special_tokens=True) for t in tokens]
+    assert any(len(cut(t)) < len(t) for t in tokens)
+
+
 def test_sampling_is_seeded_and_leaves_the_callers_random_state(tiny: tuple[Any, Any]) -> None:
     model, tok = tiny
     settings = Generation(max_new_tokens=8, batch_size=2, temperature=1.0)

@@ -11,6 +11,9 @@ Owns turning prompts into replies and nothing else: no metric, no dataset readin
   a score does not depend on what a checkpoint happened to ship. Sampling draws from torch's generator
   seeded with `seed` inside a forked random state: the same seed gives the same replies for the same
   prompts and batch size, and the caller's random state is left as it was.
+- Decoding is `finetune_trainer.sampling.sample`'s: a batch's prompts are run once with a KV cache, and
+  the rows that have ended leave the batch every few tokens instead of decoding padding until the longest
+  reply ends (`bench/eval_throughput.py` measures it against one prompt at a time).
 - Each row stops at its end-of-sequence token (the model's `generation_config.eos_token_id`, one id or a
   list, else the tokenizer's); the reply is what came before it, decoded without special tokens.
 """
@@ -44,9 +47,17 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[Prompt], settings: Generation, *, seed: int | None = None
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    settings: Generation,
+    *,
+    seed: int | None = None,
+    stop_strings: Sequence[str] = (),
 ) -> list[str]:
-    """One reply per prompt, in the order of `prompts` (see the module docstring for the rules)."""
+    """One reply per prompt, in the order of `prompts` (see the module docstring for the rules). A reply
+    also ends with the token that completes one of `stop_strings` (an RFT job's `rft.stopStrings`, so its
+    holdout replies end where its training samples do), which it keeps."""
     if not prompts:
         return []
     texts = [render(tokenizer, p) for p in prompts]
@@ -61,31 +72,39 @@ def generate(
     with seeded(model, seed if settings.temperature > 0 else None):
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start : start + settings.batch_size]
-            new = _batch(model, [ids[i] for i in chunk], settings, pad, stops)
+            new = _batch(
+                model,
+                tokenizer,
+                [ids[i] for i in chunk],
+                settings,
+                pad=pad,
+                stops=stops,
+                stop_strings=stop_strings,
+            )
             for i, tokens in zip(chunk, new, strict=True):
                 replies[i] = tokenizer.decode(tokens, skip_special_tokens=True)
     return replies
 
 
 def _batch(
-    model: Any, rows: list[list[int]], settings: Generation, pad: int, stops: list[int]
+    model: Any,
+    tokenizer: Any,
+    rows: list[list[int]],
+    settings: Generation,
+    *,
+    pad: int,
+    stops: list[int],
+    stop_strings: Sequence[str],
 ) -> list[list[int]]:
     """The new tokens of each row, cut before its first end-of-sequence token."""
     import torch  # noqa: PLC0415 (heavy; only generation needs it)
 
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for n, row in enumerate(rows):
-        input_ids[n, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        attention[n, width - len(row) :] = 1
+    from finetune_trainer.sampling import sample  # noqa: PLC0415
+
     with torch.inference_mode():
-        out = model.generate(
-            input_ids=input_ids.to(model.device),
-            attention_mask=attention.to(model.device),
-            generation_config=decoding(settings, pad, stops),
-        )
-    return new_tokens(out[:, width:].tolist(), stops)
+        config = decoding(settings, pad, stops)
+        out = sample(model, rows, config, eos=stops, pad=pad, stop_strings=stop_strings, tokenizer=tokenizer)
+    return new_tokens(out, stops)
 
 
 def decoding(settings: Generation, pad: int, stops: list[int]) -> Any:

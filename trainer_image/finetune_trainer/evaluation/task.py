@@ -6,7 +6,8 @@
   JSON, when the parsed values are equal (key order and spacing do not count).
 - preference rows (DPO): `preference_accuracy`, the share of pairs where the model gives the preferred
   answer a higher log-probability than the other one (the same quantity DPO trains).
-- RFT jobs (RFT or chat rows): `reward`, the mean score the job's grader gives the greedy replies.
+- RFT jobs (RFT or chat rows): `reward`, the mean score the job's grader gives the greedy replies, each
+  ending where a training sample would (end-of-sequence, `rft.stopStrings`, `maxCompletionTokens`).
 
 `score-holdout` writes `{metric, score, rows, seconds, records}` (one record per row) to the staging prefix.
 """
@@ -96,25 +97,60 @@ def answer_log_prob(
     model: Any, tokenizer: Any, prompt: list[dict[str, Any]], answer: list[dict[str, Any]]
 ) -> float:
     """Sum of the answer's token log-probabilities after the prompt, under the model's chat template."""
+    return answer_log_probs(model, tokenizer, [(prompt, answer)])[0]
+
+
+def answer_log_probs(
+    model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+) -> list[float]:
+    """`answer_log_prob` of each (prompt, answer), in order: batches of `BATCH` sequences of similar
+    length, right-padded (a causal model's positions before the padding do not see it), with the vocabulary
+    projection only from the batch's earliest answer token on (the prompts are most of the tokens)."""
     import torch  # noqa: PLC0415
 
-    context = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
-    ids = tokenizer(full, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
-    start = len(tokenizer(context, add_special_tokens=False).input_ids)
-    with torch.no_grad():
-        logits = model(ids).logits[0, :-1].float().log_softmax(-1)
-    targets = ids[0, 1:]
-    positions = torch.arange(start - 1, len(targets), device=ids.device)
-    return float(logits[positions, targets[start - 1 :]].sum())
+    encoded: list[tuple[list[int], int]] = []
+    for prompt, answer in pairs:
+        context = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+        ids = tokenizer(full, add_special_tokens=False).input_ids
+        start = len(tokenizer(context, add_special_tokens=False).input_ids)
+        if not 0 < start < len(ids):
+            raise ValueError(f"answer {len(encoded)} has no tokens after its prompt")
+        encoded.append((ids, start))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    sums = [0.0] * len(encoded)
+    for at in range(0, len(order), BATCH):
+        chunk = order[at : at + BATCH]
+        width = max(len(encoded[i][0]) for i in chunk)
+        first = min(encoded[i][1] for i in chunk) - 1  # the position that predicts the earliest answer token
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(chunk):
+            tokens = encoded[i][0]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first).logits
+        scores = logits[:, :-1].float().log_softmax(-1)  # positions first .. width-2
+        picked = scores.gather(-1, ids[:, first + 1 :, None])[..., 0].cpu()
+        for row, i in enumerate(chunk):
+            tokens, start = encoded[i]
+            sums[i] = float(picked[row, start - 1 - first : len(tokens) - 1 - first].sum())
+    return sums
 
 
 def preference_accuracy(model: Any, tokenizer: Any, rows: list[Row]) -> dict[str, Any]:
-    records = []
+    pairs = []
     for row in rows:
         prompt = plain_messages(row.data["input"]["messages"])
-        chosen = answer_log_prob(model, tokenizer, prompt, plain_messages(row.data["preferred_output"]))
-        rejected = answer_log_prob(model, tokenizer, prompt, plain_messages(row.data["non_preferred_output"]))
+        pairs.append((prompt, plain_messages(row.data["preferred_output"])))
+        pairs.append((prompt, plain_messages(row.data["non_preferred_output"])))
+    scores = answer_log_probs(model, tokenizer, pairs)
+    records = []
+    for n, row in enumerate(rows):
+        chosen, rejected = scores[2 * n], scores[2 * n + 1]
         records.append({"line": row.line, "margin": chosen - rejected, "match": chosen > rejected})
     return {
         "metric": "preference_accuracy",
@@ -130,7 +166,9 @@ def reward(model: Any, tokenizer: Any, rows: list[Row], config: TrainContract) -
         raise ValueError("RFT holdout rows are scored by the job's grader, and the job has no rft settings")
     prepared = [prompt_and_item(row.data) for row in rows]
     settings = Generation(max_new_tokens=config.rft.max_completion_tokens, batch_size=BATCH)
-    replies = generate(model, tokenizer, [p["prompt"] for p in prepared], settings)
+    replies = generate(
+        model, tokenizer, [p["prompt"] for p in prepared], settings, stop_strings=config.rft.stop_strings
+    )
     with compile_grader(config.rft.grader) as grader:
         results = grader.grade(
             [sample_from_text(r) for r in replies], [json.loads(p["item_json"]) for p in prepared]
