@@ -9,7 +9,8 @@
   sentence), checked by preference accuracy;
 - `order-json-rft`: RFT rows, the instruction and the sentence as the prompt, the order's fields as the
   reference (`item.customer`, `item.item`, `item.quantity`, `item.city`) for a grader that gives a
-  quarter point per field right.
+  quarter point per field right. Its training and holdout splits are shorter (`RFT_SIZES`, chosen by
+  `rft_splits`): RFT samples each prompt several times, and a quickstart on a CPU has minutes, not hours.
  The splits share no (customer, item,
 quantity, city) combination, no two sentences of one pattern share two of customer, item and city (they
 would be near duplicates), and every sentence pattern appears in each split. The instruction is the
@@ -27,6 +28,7 @@ from typing import Any
 DATASETS = Path(__file__).parent / "datasets"
 FOLDER = DATASETS / "order-json"
 SIZES = {"training": 96, "validation": 16, "holdout": 48}
+RFT_SIZES = {"training": 24, "holdout": 24}  # RFT samples every prompt several times
 SYSTEM = (
     'Reply with only a JSON object with the keys "customer", "item", "quantity" (a number) and "city", '
     "describing the order in the user's message."
@@ -159,14 +161,35 @@ def rft(row: dict[str, Any]) -> dict[str, Any]:
     return {"messages": [system, user], **json.loads(reply["content"])}
 
 
+def rft_splits(splits: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Each split's first rows (at most `RFT_SIZES`) whose sentence shares at most one of customer,
+    item, quantity and city with a row of its pattern chosen before, in any split: without the JSON
+    reply, the data gates would call two sentences that differ only in two names near duplicates (or, across
+    splits, leakage)."""
+    chosen: list[tuple[int, dict[str, Any]]] = []  # (pattern, the order's fields)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for split, split_rows in splits.items():
+        kept: list[dict[str, Any]] = []
+        for n, row in enumerate(split_rows):
+            if len(kept) == RFT_SIZES.get(split, len(split_rows)):
+                break
+            pattern, values = n % len(PATTERNS), json.loads(row["messages"][2]["content"])
+            if not any(p == pattern and sum(values[f] == v[f] for f in values) >= 2 for p, v in chosen):
+                chosen.append((pattern, values))
+                kept.append(rft(row))
+        out[split] = kept
+    return out
+
+
 def render() -> dict[str, str]:
     """{path under `DATASETS`: its text}."""
+    splits = rows()
     out: dict[str, str] = {}
-    for split, split_rows in rows().items():
+    for split, split_rows in splits.items():
         variants = {
             "order-json": split_rows,
             "order-json-preferences": [preference(r, k) for k, r in enumerate(split_rows)],
-            "order-json-rft": [rft(r) for r in split_rows],
+            "order-json-rft": rft_splits(splits)[split],
         }
         for name, written in variants.items():
             out[f"{name}/{split}.jsonl"] = "".join(json.dumps(r) + "\n" for r in written)
