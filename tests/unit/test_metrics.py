@@ -266,6 +266,13 @@ def test_the_expected_time_is_written_before_the_first_step_and_scaled_on_resume
         assert reporter.metrics.eta_seconds._value.get() == left
 
 
+def test_a_forward_pass_is_a_third_of_full_training() -> None:
+    """DPO's reference pass is counted at the forward's FLOPs (2N + 4LdT): a third of 6N + 12LdT."""
+    forward = flops.forward_per_token(Config(), total=1_000_000, seq_len=128)
+    full = flops.flops_per_token(Config(), total=1_000_000, trainable=1_000_000, seq_len=128)
+    assert 3 * forward == pytest.approx(full)
+
+
 def test_expected_time_from_the_documented_rate_per_device() -> None:
     # 1e9 FLOPs a token, 80,000 tokens on 2 CPU threads at 40 GFLOP/s each: 1,000 s
     seconds, how = flops.expected_time(80_000, 1e9, gpu_name=None, devices=1, threads=2, qlora=False) or (

@@ -30,7 +30,7 @@ from typing import Any
 
 from finetune_api.run_layout import duration
 from finetune_api.trainer_config import TrainContract
-from finetune_api.v1alpha1.finetunejob import EARLY_STOPPING_MIN_TRAINING, AdapterType
+from finetune_api.v1alpha1.finetunejob import EARLY_STOPPING_MIN_TRAINING, AdapterType, Method
 from finetune_trainer import flops, ranks, validate
 from finetune_trainer.checkpoints import SaveAtEnd, StagingCheckpoints, latest_complete, restore
 from finetune_trainer.data import gates
@@ -129,7 +129,10 @@ def expectation(run: Run, model: Any) -> tuple[str, float | None]:
         f" x {hp.gradient_accumulation_steps} accumulation x {devices}), about {tokens:,} tokens"
     )
     total, trainable = flops.parameter_counts(model)
-    per_token = flops.flops_per_token(model.config, total, trainable, min(hp.max_seq_length, work.tokens))
+    seq_len = min(hp.max_seq_length, work.tokens)
+    per_token = flops.flops_per_token(model.config, total, trainable, seq_len)
+    if run.config.method == Method.DPO:  # the reference pass: one forward over one epoch's pairs
+        per_token += flops.forward_per_token(model.config, total, seq_len) / hp.epochs
     timed = flops.expected_time(
         tokens,
         per_token,
