@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer_image")]
 
 import yaml  # noqa: E402
+from trainer_runs import CPU_TRAINING, in_own_process, meter, timed_span  # noqa: E402
 
 from finetune_trainer import builtin  # noqa: E402
 
@@ -56,7 +55,6 @@ MODEL = "builtin://models/smollm2-135m-instruct"
 DATA = "builtin://datasets/order-json/training.jsonl"
 ROWS = 96  # order-json training rows
 RUNS = ("plain", "ours", "ours-per-step")
-ENV = {"HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def corrupted(answer: str, index: int) -> str:
@@ -105,25 +103,6 @@ class TokenCounter:
         return self.training_step(model, inputs, *args, **kwargs)
 
 
-def meter(counter: TokenCounter, warmup: int, steps: int) -> Any:
-    """A callback that notes time and counts after the warm-up steps and after the last, then stops."""
-    from transformers import TrainerCallback  # noqa: PLC0415
-
-    class Meter(TrainerCallback):
-        def __init__(self) -> None:
-            self.marks: dict[int, tuple[float, float, int, int, int]] = {}
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            if state.global_step in (warmup, warmup + steps):
-                clocks = (time.perf_counter(), time.process_time())
-                self.marks[state.global_step] = (*clocks, counter.pairs, counter.tokens, counter.learned)
-            if state.global_step >= warmup + steps:
-                control.should_training_stop = True
-            return control
-
-    return Meter()
-
-
 def plain(model_dir: Path, rows: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> Any:
     import torch  # noqa: PLC0415
     from datasets import Dataset  # noqa: PLC0415
@@ -138,11 +117,7 @@ def plain(model_dir: Path, rows: list[dict[str, Any]], args: argparse.Namespace,
         output_dir=str(out),
         per_device_train_batch_size=args.batch_size,
         max_length=args.max_length,
-        num_train_epochs=100,  # the meter stops the run
-        use_cpu=True,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to="none",
+        **CPU_TRAINING,
     )
     return DPOTrainer(
         model=str(model_dir),
@@ -216,13 +191,10 @@ def worker(args: argparse.Namespace) -> None:
         else:
             trainer = ours(model_dir, rows, args, where, once=args.worker == "ours")
         counter = TokenCounter(trainer)
-        metered = meter(counter, args.warmup, args.steps)
+        metered = meter(lambda: (counter.pairs, counter.tokens, counter.learned), args.warmup, args.steps)
         trainer.add_callback(metered)
         trainer.train()
-    marks = metered.marks
-    if len(marks) < 2:
-        raise RuntimeError(f"the run ended after {trainer.state.global_step} steps, before the last mark")
-    (t0, c0, p0, n0, l0), (t1, c1, p1, n1, l1) = marks[args.warmup], marks[args.warmup + args.steps]
+    (t0, c0, p0, n0, l0), (t1, c1, p1, n1, l1) = timed_span(metered, trainer, args.warmup, args.steps)
     model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     result = {
         "pairs": p1 - p0,
@@ -242,16 +214,10 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def measure(which: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", which, "--model-dir", str(model_dir)]
-    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    command += ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
-    command += ["--pairs", str(args.pairs)]
-    env = {**ENV, **os.environ}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {which} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    flags = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    flags += ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+    flags += ["--pairs", str(args.pairs)]
+    return in_own_process(__file__, which, model_dir, flags)
 
 
 def epoch(r: dict[str, Any], clock: str) -> float:

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,12 +42,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer_image")]
 
+from trainer_runs import CPU_TRAINING, in_own_process  # noqa: E402
+
 from finetune_trainer import builtin  # noqa: E402
 
 MODEL = "builtin://models/smollm2-135m-instruct"
 DATA = "builtin://datasets/order-json/training.jsonl"
 RUNS = ("plain", "ours", "ours-stop")
-ENV = {"HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
 LEARNING_RATE = 1e-6  # TRL's GRPO default
 GRADE = """
 import json
@@ -138,11 +137,7 @@ def plain(model_dir: Path, args: argparse.Namespace, out: Path) -> Any:
         per_device_train_batch_size=args.prompts * args.generations,
         num_generations=args.generations,
         max_completion_length=args.max_completion,
-        num_train_epochs=100,  # the meter stops the run
-        use_cpu=True,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to="none",
+        **CPU_TRAINING,
     )
     return GRPOTrainer(
         model=str(model_dir),
@@ -222,15 +217,9 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def measure(which: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", which, "--model-dir", str(model_dir)]
-    command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts", str(args.prompts)]
-    command += ["--generations", str(args.generations), "--max-completion", str(args.max_completion)]
-    env = {**ENV, **os.environ}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {which} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts", str(args.prompts)]
+    flags += ["--generations", str(args.generations), "--max-completion", str(args.max_completion)]
+    return in_own_process(__file__, which, model_dir, flags)
 
 
 def main() -> None:

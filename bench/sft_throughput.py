@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer_image")]
 
 import yaml  # noqa: E402
+from trainer_runs import CPU_TRAINING, in_own_process, meter, timed_span  # noqa: E402
 
 from finetune_trainer import builtin  # noqa: E402
 
@@ -50,7 +48,6 @@ MODEL = "builtin://models/smollm2-135m-instruct"
 DATA = "builtin://datasets/order-json/training.jsonl"
 AIM = 1.8
 RUNS = ("plain", "ours", "ours-unpacked")
-ENV = {"HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
 
 
 class TokenCounter:
@@ -74,25 +71,6 @@ class TokenCounter:
         return self.training_step(model, inputs, *args, **kwargs)
 
 
-def meter(counter: TokenCounter, warmup: int, steps: int) -> Any:
-    """A callback that notes time and tokens after the warm-up steps and after the last, then stops."""
-    from transformers import TrainerCallback  # noqa: PLC0415
-
-    class Meter(TrainerCallback):
-        def __init__(self) -> None:
-            self.marks: dict[int, tuple[float, float, int, int, int]] = {}
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            if state.global_step in (warmup, warmup + steps):
-                clocks = (time.perf_counter(), time.process_time())
-                self.marks[state.global_step] = (*clocks, counter.tokens, counter.fed, counter.learned)
-            if state.global_step >= warmup + steps:
-                control.should_training_stop = True
-            return control
-
-    return Meter()
-
-
 def plain(model_dir: Path, rows: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> Any:
     import torch  # noqa: PLC0415
     from datasets import Dataset  # noqa: PLC0415
@@ -106,11 +84,7 @@ def plain(model_dir: Path, rows: list[dict[str, Any]], args: argparse.Namespace,
         output_dir=str(out),
         per_device_train_batch_size=args.batch_size,
         max_length=args.max_length,
-        num_train_epochs=100,  # the meter stops the run
-        use_cpu=True,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to="none",
+        **CPU_TRAINING,
     )
     return SFTTrainer(
         model=str(model_dir),
@@ -162,13 +136,10 @@ def worker(args: argparse.Namespace) -> None:
         else:
             trainer = ours(model_dir, rows, args, where, packing=args.worker == "ours")
         counter = TokenCounter(trainer)
-        metered = meter(counter, args.warmup, args.steps)
+        metered = meter(lambda: (counter.tokens, counter.fed, counter.learned), args.warmup, args.steps)
         trainer.add_callback(metered)
         trainer.train()
-    marks = metered.marks
-    if len(marks) < 2:
-        raise RuntimeError(f"the run ended after {trainer.state.global_step} steps, before the last mark")
-    (t0, c0, n0, f0, l0), (t1, c1, n1, f1, l1) = marks[args.warmup], marks[args.warmup + args.steps]
+    (t0, c0, n0, f0, l0), (t1, c1, n1, f1, l1) = timed_span(metered, trainer, args.warmup, args.steps)
     result = {
         "tokens": n1 - n0,
         "fed": f1 - f0,
@@ -184,15 +155,9 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def measure(which: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", which, "--model-dir", str(model_dir)]
-    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    command += ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
-    env = {**ENV, **os.environ}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {which} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    flags = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    flags += ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+    return in_own_process(__file__, which, model_dir, flags)
 
 
 def main() -> None:
