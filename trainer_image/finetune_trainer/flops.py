@@ -73,20 +73,22 @@ def peak_flops(device_name: str, env: dict[str, str] | None = None) -> float | N
     return None
 
 
+def _layers_and_hidden(config: Any) -> tuple[int, int]:
+    """Layers and hidden size of a transformers config (of its language model for vision-language ones)."""
+    text = getattr(config, "text_config", None) or config
+    return int(getattr(text, "num_hidden_layers", 0) or 0), int(getattr(text, "hidden_size", 0) or 0)
+
+
 def flops_per_token(config: Any, total: int, trainable: int, seq_len: int) -> float:
     """The model FLOPs of training on one token (the formula above); `config` is a transformers config."""
-    text = getattr(config, "text_config", None) or config  # vision-language models: their language model
-    layers = int(getattr(text, "num_hidden_layers", 0) or 0)
-    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    layers, hidden = _layers_and_hidden(config)
     return 4.0 * total + 2.0 * trainable + 12.0 * layers * hidden * seq_len
 
 
 def forward_per_token(config: Any, total: int, seq_len: int) -> float:
     """The FLOPs of a forward pass alone on one token (no gradients): 2·N + 4·L·d·T, a third of full
     training's. DPO's reference scores every pair once with it."""
-    text = getattr(config, "text_config", None) or config
-    layers = int(getattr(text, "num_hidden_layers", 0) or 0)
-    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    layers, hidden = _layers_and_hidden(config)
     return 2.0 * total + 4.0 * layers * hidden * seq_len
 
 
